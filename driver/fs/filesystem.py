@@ -1,0 +1,550 @@
+"""Filesystem semantics over an object store, independent of FUSE.
+
+Directories are key prefixes: a directory exists when some key lies under it (implicit),
+or locally after mkdir until a file is written beneath it. A name that is both an object
+and a prefix is the directory (it shadows the file). Keys whose last component is not a
+valid file name ("", ".", "..", too long, containing NUL) are hidden.
+
+Metadata comes from HEAD and ListObjectsV2 (delimiter "/") and is trusted for
+`metadata_ttl` seconds. Reads go through a per-handle `Prefetcher` pinned to the ETag seen
+at open; writes through a per-handle `Upload`. All store calls run on worker threads
+(`run_sync`), never on the event loop.
+
+`pyfuse3`-specific types live in `fuse.py`; this module raises `FsError(errno)` and
+returns plain `Attributes`.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+
+from driver.fs.errors import FsError, from_store
+from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
+from driver.fs.prefetch import MemoryBudget, Prefetcher
+from driver.fs.upload import Upload
+from driver.store.base import ObjectInfo, ObjectStore, StoreError, UploadOptions
+from driver.volume import MountOptions
+
+log = structlog.get_logger()
+NAME_MAX = 255
+BLOCK = 512
+
+
+def valid_name(name: str) -> bool:
+    return (name not in ("", ".", "..") and "\0" not in name and "/" not in name
+            and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    ino: int
+    is_dir: bool
+    size: int
+    mtime: float
+    mode: int
+    uid: int
+    gid: int
+    timeout: float  # how long the kernel may cache this entry/attribute
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int = 4096
+    blocks: int = 2**40
+    free_blocks: int = 2**40
+    files: int = 2**32
+    free_files: int = 2**32
+    name_max: int = NAME_MAX
+
+
+@dataclass(eq=False)
+class FileHandle:
+    inode: Inode
+    prefetcher: Prefetcher | None = None
+    upload: Upload | None = None
+
+
+@dataclass(eq=False)
+class DirHandle:
+    """A directory listing in progress; entry ids are positions in `entries` (stable)."""
+
+    inode: Inode
+    entries: list[tuple[str, Inode]] = field(default_factory=list)
+    token: str | None = None
+    started: bool = False
+    done: bool = False
+    held_files: list[ObjectInfo] = field(default_factory=list)  # may yet be shadowed
+    emitted: set[str] = field(default_factory=set)
+
+
+class Filesystem:
+    def __init__(self, store: ObjectStore, options: MountOptions, *,
+                 memory_limit: int | None = None) -> None:
+        self.store = store
+        self.options = options
+        self.inodes = InodeTable(options.prefix)
+        self.uid = options.uid if options.uid is not None else os.getuid()
+        self.gid = options.gid if options.gid is not None else os.getgid()
+        self._limiter = trio.CapacityLimiter(options.max_threads)
+        self._handles: dict[int, FileHandle | DirHandle] = {}
+        self._next_fh = 1
+        self._negative: dict[tuple[int, str], float] = {}
+        self._nursery: trio.Nursery | None = None
+        self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
+        self.budget = MemoryBudget(
+            memory_limit or 2 * options.read_part_size * self.prefetch_parallel)
+        self.upload_options = UploadOptions(
+            storage_class=options.storage_class, sse=options.sse,
+            sse_kms_key_id=options.sse_kms_key_id,
+            checksum=None if options.upload_checksums == "off" else options.upload_checksums)
+        self._uploads: set[Upload] = set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Background work (prefetch, part uploads) runs in this nursery."""
+        self._nursery = nursery
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+
+    async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.run_sync(fn, *args)
+        except StoreError as exc:
+            raise from_store(exc) from exc
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise FsError(errno.ENOENT, f"no inode {ino}")
+        return inode
+
+    def _timeout(self, is_dir: bool) -> float:
+        ttl = self.options.metadata_ttl
+        return 86400.0 if math.isinf(ttl) else ttl
+
+    def attributes(self, inode: Inode) -> Attributes:
+        if inode.is_dir:
+            mode = stat.S_IFDIR | self.options.dir_mode
+        else:
+            mode = stat.S_IFREG | self.options.file_mode
+        if self.options.read_only:
+            mode &= ~0o222
+        size = inode.writer.size if isinstance(inode.writer, Upload) else inode.size
+        return Attributes(inode.ino, inode.is_dir, size, inode.mtime, mode, self.uid, self.gid,
+                          self._timeout(inode.is_dir))
+
+    def _fresh(self, inode: Inode) -> bool:
+        return inode.local or time.monotonic() - inode.validated < self.options.metadata_ttl
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise FsError(errno.EROFS, "mounted read-only")
+
+    # ------------------------------------------------------------------ metadata
+
+    async def lookup(self, parent_ino: int, name: str) -> Attributes:
+        parent = self._inode(parent_ino)
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not valid_name(name):
+            raise FsError(errno.ENOENT if len(name) <= NAME_MAX else errno.ENAMETOOLONG)
+        inode = await self._resolve(parent, name)
+        inode.lookups += 1
+        return self.attributes(inode)
+
+    async def _resolve(self, parent: Inode, name: str) -> Inode:
+        cached = self.inodes.child(parent.ino, name)
+        if cached is not None and (self._fresh(cached) or cached.writer is not None):
+            return cached
+        negative_until = self._negative.get((parent.ino, name))
+        if negative_until is not None and time.monotonic() < negative_until:
+            raise FsError(errno.ENOENT)
+        key = parent.key + name
+        head: ObjectInfo | None = None
+        listing = None
+
+        async def do_head() -> None:
+            nonlocal head
+            head = await self._store(self.store.head, key)
+
+        async def do_list() -> None:
+            nonlocal listing
+            listing = await self._store(self.store.list_page, key + "/", "/", None, 1)
+
+        async with trio.open_nursery() as race:
+            race.start_soon(do_head)
+            race.start_soon(do_list)
+        if listing is not None and (listing.objects or listing.prefixes):
+            return self.inodes.upsert(parent, name, is_dir=True)
+        if head is not None:
+            return self.inodes.upsert(parent, name, is_dir=False, size=head.size,
+                                      etag=head.etag, mtime=_timestamp(head))
+        if cached is not None and cached.local:
+            return cached
+        if cached is not None:
+            self.inodes.remove_name(cached)
+        self._negative[(parent.ino, name)] = (time.monotonic()
+                                              + self.options.effective_negative_ttl)
+        if len(self._negative) > 100_000:
+            self._negative.clear()
+        raise FsError(errno.ENOENT)
+
+    async def getattr(self, ino: int) -> Attributes:
+        inode = self._inode(ino)
+        if not inode.is_dir and not self._fresh(inode) and inode.writer is None \
+                and not inode.unlinked:
+            info = await self._store(self.store.head, inode.key)
+            if info is None:
+                raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
+            inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
+            inode.validated = time.monotonic()
+        return self.attributes(inode)
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, count in items:
+            self.inodes.forget(ino, count)
+
+    async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
+                      uid: int | None = None, gid: int | None = None,
+                      times: bool = False) -> Attributes:
+        inode = self._inode(ino)
+        if mode is not None or uid is not None or gid is not None:
+            log.debug("refused chmod/chown", key=inode.key)
+            raise FsError(errno.EPERM, "permissions are fixed by mount options")
+        if size is not None:
+            self._check_writable()
+            current = self.attributes(inode).size
+            writer = inode.writer
+            if size != current and not (size == 0 and isinstance(writer, Upload)
+                                        and writer.size == 0):
+                log.debug("refused truncate", key=inode.key, size=size)
+                raise FsError(errno.EPERM, "truncate is only possible to the current size")
+        if times:
+            inode.mtime = time.time()  # not stored: objects keep their own Last-Modified
+        return self.attributes(inode)
+
+    def statfs(self) -> StatFs:
+        return StatFs()
+
+    # ------------------------------------------------------------------ directories
+
+    async def opendir(self, ino: int) -> int:
+        inode = self._inode(ino)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return self._new_handle(DirHandle(inode))
+
+    async def readdir(self, fh: int, start: int) -> AsyncIterator[tuple[str, Attributes, int]]:
+        """Yield (name, attributes, next id) from entry `start` on; ids are stable."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise FsError(errno.EBADF)
+        if start == 0 and handle.started:  # rewinddir: list afresh
+            handle.entries.clear()
+            handle.emitted.clear()
+            handle.token, handle.done, handle.started = None, False, False
+        position = start
+        while True:
+            while position >= len(handle.entries) and not handle.done:
+                await self._list_more(handle)
+            if position >= len(handle.entries):
+                return
+            name, inode = handle.entries[position]
+            position += 1
+            yield name, self.attributes(inode), position
+
+    def readdir_accepted(self, fh: int, entry_id: int) -> None:
+        """The kernel took entry `entry_id - 1` (readdirplus): it now holds a lookup."""
+        handle = self._handles.get(fh)
+        if isinstance(handle, DirHandle):
+            handle.entries[entry_id - 1][1].lookups += 1
+
+    async def _list_more(self, handle: DirHandle) -> None:
+        parent = handle.inode
+        if not handle.started:
+            handle.started = True
+        page = await self._store(self.store.list_page, parent.key, "/", handle.token)
+        handle.token = page.next_token
+        items: list[tuple[str, ObjectInfo | None]] = [(p, None) for p in page.prefixes]
+        items += [(o.key, o) for o in page.objects]
+        items.sort(key=lambda item: item[0])
+        for key, info in items:
+            # A held file can no longer be shadowed once the listing passes "name/".
+            while handle.held_files and handle.held_files[0].key + "/" < key:
+                self._emit_file(handle, handle.held_files.pop(0))
+            name = key[len(parent.key):]
+            if info is None:
+                name = name[:-1]
+                if handle.held_files and handle.held_files[-1].key == key[:-1]:
+                    handle.held_files.pop()  # the directory shadows the file
+                if valid_name(name):
+                    self._emit(handle, name, self.inodes.upsert(parent, name, is_dir=True))
+            elif valid_name(name):
+                handle.held_files.append(info)
+        if handle.token is None:
+            for info in handle.held_files:
+                self._emit_file(handle, info)
+            handle.held_files.clear()
+            for child in self.inodes.children(parent.ino):
+                if (child.local or child.writer is not None) and child.name not in \
+                        handle.emitted and not child.unlinked:
+                    self._emit(handle, child.name, child)
+            handle.done = True
+
+    def _emit_file(self, handle: DirHandle, info: ObjectInfo) -> None:
+        name = info.key[len(handle.inode.key):]
+        current = self.inodes.child(handle.inode.ino, name)
+        if current is not None and current.writer is not None:
+            self._emit(handle, name, current)  # being written: show the local size
+            return
+        inode = self.inodes.upsert(handle.inode, name, is_dir=False, size=info.size,
+                                   etag=info.etag, mtime=_timestamp(info))
+        self._emit(handle, name, inode)
+
+    def _emit(self, handle: DirHandle, name: str, inode: Inode) -> None:
+        if name in handle.emitted:
+            return
+        handle.emitted.add(name)
+        handle.entries.append((name, inode))
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attributes:
+        self._check_writable()
+        parent = self._inode(parent_ino)
+        if not valid_name(name):
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        existing = await self._maybe_resolve(parent, name)
+        if existing is not None:
+            raise FsError(errno.EEXIST)
+        inode = self.inodes.upsert(parent, name, is_dir=True, local=True)
+        inode.lookups += 1
+        return self.attributes(inode)
+
+    async def _maybe_resolve(self, parent: Inode, name: str) -> Inode | None:
+        self._negative.pop((parent.ino, name), None)
+        try:
+            return await self._resolve(parent, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        parent = self._inode(parent_ino)
+        inode = self.inodes.child(parent.ino, name) or await self._maybe_resolve(parent, name)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if any(not child.unlinked for child in self.inodes.children(inode.ino)
+               if child.local or child.writer is not None):
+            raise FsError(errno.ENOTEMPTY)
+        page = await self._store(self.store.list_page, inode.key, "/", None, 1)
+        if page.objects or page.prefixes:
+            raise FsError(errno.ENOTEMPTY, f"{inode.key} has objects under it")
+        if not inode.local:
+            raise FsError(errno.ENOENT)
+        self.inodes.remove_name(inode)
+
+    # ------------------------------------------------------------------ files
+
+    def _new_handle(self, handle: FileHandle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        handle.inode.open_handles += 1
+        return fh
+
+    async def open(self, ino: int, flags: int) -> int:
+        inode = self._inode(ino)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        accmode = flags & os.O_ACCMODE
+        if accmode == os.O_RDONLY:
+            if inode.writer is not None:
+                raise FsError(errno.EBUSY, f"{inode.key} is being written")
+            if not self._fresh(inode) or inode.etag is None:
+                info = await self._store(self.store.head, inode.key)
+                if info is None:
+                    raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
+                inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
+                inode.validated = time.monotonic()
+            return self._new_handle(FileHandle(inode, prefetcher=self._prefetcher(inode)))
+        self._check_writable()
+        if accmode == os.O_RDWR:
+            log.debug("refused O_RDWR open", key=inode.key)
+            raise FsError(errno.EPERM, "files are opened either for reading or for writing")
+        if inode.writer is not None:
+            log.debug("refused second writer", key=inode.key)
+            raise FsError(errno.EPERM, f"{inode.key} is already open for writing")
+        if not flags & os.O_TRUNC or not self.options.allow_overwrite:
+            log.debug("refused overwrite", key=inode.key, truncate=bool(flags & os.O_TRUNC))
+            raise FsError(errno.EPERM, "overwriting needs --allow-overwrite and O_TRUNC")
+        return self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+
+    def _prefetcher(self, inode: Inode) -> Prefetcher:
+        assert self._nursery is not None
+        key, etag = inode.key, inode.etag
+
+        async def fetch(start: int, end: int) -> bytes:
+            return await self._store(self.store.get_range, key, start, end, etag)
+
+        return Prefetcher(fetch, inode.size, self._nursery.start_soon, self.budget,
+                          part_size=self.options.read_part_size,
+                          max_parallel=self.prefetch_parallel)
+
+    def _start_upload(self, inode: Inode) -> Upload:
+        assert self._nursery is not None
+        upload = Upload(self.store, inode.key, self.upload_options, run_sync=self.run_sync,
+                        part_size=self.options.write_part_size)
+        upload.attach(self._nursery)
+        inode.writer = upload
+        self._uploads.add(upload)
+        return upload
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attributes]:
+        self._check_writable()
+        parent = self._inode(parent_ino)
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not valid_name(name):
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        existing = await self._maybe_resolve(parent, name)
+        if existing is not None:
+            if existing.is_dir:
+                raise FsError(errno.EISDIR)
+            if flags & os.O_EXCL:
+                raise FsError(errno.EEXIST)
+            fh = await self.open(existing.ino, flags | os.O_TRUNC
+                                 if self.options.allow_overwrite else flags)
+            existing.lookups += 1
+            return fh, self.attributes(existing)
+        inode = self.inodes.upsert(parent, name, is_dir=False, local=True)
+        fh = self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+        inode.lookups += 1
+        return fh, self.attributes(inode)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle) or handle.prefetcher is None:
+            raise FsError(errno.EBADF)
+        try:
+            return await handle.prefetcher.read(offset, size)
+        except FsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("read failed", key=handle.inode.key, error=str(exc))
+            raise
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle) or handle.upload is None:
+            raise FsError(errno.EBADF)
+        try:
+            return await handle.upload.write(offset, data)
+        except FsError as exc:
+            log.debug("write refused", key=handle.inode.key, error=str(exc))
+            raise
+
+    async def flush(self, fh: int) -> None:
+        """close(): complete the upload and report its error."""
+        handle = self._handles.get(fh)
+        if isinstance(handle, FileHandle) and handle.upload is not None:
+            await self._commit(handle)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def _commit(self, handle: FileHandle) -> None:
+        upload = handle.upload
+        assert upload is not None
+        try:
+            etag = await upload.commit()
+        except FsError as exc:
+            log.error("upload failed", key=upload.key, error=str(exc))
+            raise
+        inode = handle.inode
+        inode.size, inode.etag, inode.mtime = upload.size, etag, time.time()
+        inode.validated = time.monotonic()
+        self._mark_parents_remote(inode)
+
+    def _mark_parents_remote(self, inode: Inode) -> None:
+        """Once an object exists beneath them, mkdir'd directories are real prefixes."""
+        parent = self.inodes.get(inode.parent)
+        while parent is not None and parent.ino != ROOT_INODE and parent.local:
+            parent.local = False
+            parent.validated = time.monotonic()
+            parent = self.inodes.get(parent.parent)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if isinstance(handle, FileHandle):
+            if handle.prefetcher is not None:
+                handle.prefetcher.close()
+            upload = handle.upload
+            if upload is not None:
+                try:
+                    if upload.dirty and not upload.aborted:
+                        await self._commit(handle)  # released without a flush (rare)
+                except FsError:
+                    pass  # already logged; the upload was aborted
+                finally:
+                    if upload.dirty:
+                        await upload.abort()
+                    handle.inode.writer = None
+                    handle.inode.local = False
+                    self._uploads.discard(upload)
+                    if upload.etag is None:  # nothing was ever committed
+                        self.inodes.remove_name(handle.inode)
+        self.inodes.release(handle.inode)
+
+    async def releasedir(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            self.inodes.release(handle.inode)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        if not self.options.allow_delete:
+            log.debug("refused unlink", name=name)
+            raise FsError(errno.EPERM, "deleting needs --allow-delete")
+        parent = self._inode(parent_ino)
+        inode = await self._maybe_resolve(parent, name)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        if inode.writer is not None:
+            raise FsError(errno.EBUSY, f"{inode.key} is being written")
+        await self._store(self.store.delete, inode.key)
+        self.inodes.remove_name(inode)
+
+    async def refuse(self, operation: str, code: int = errno.ENOTSUP) -> None:
+        """rename, symlink, link and the like: not possible on an object store."""
+        log.debug("refused operation", operation=operation)
+        raise FsError(code, f"{operation} is not supported on a bucket")
+
+    async def shutdown(self) -> None:
+        """Abort uploads whose writer never closed: a partial object is never created."""
+        for upload in list(self._uploads):
+            if upload.dirty and not upload.aborted:
+                log.error("upload abandoned at shutdown", key=upload.key, size=upload.size)
+                await upload.abort()
+
+
+def _timestamp(info: ObjectInfo) -> float:
+    return info.last_modified.timestamp() if info.last_modified else time.time()

@@ -1,0 +1,188 @@
+"""The pyfuse3 adapter: FUSE requests in, `Filesystem` calls, FUSE replies out.
+
+Nothing here decides semantics; it converts types and turns `FsError` into `FUSEError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pyfuse3
+import structlog
+
+from driver.fs.errors import FsError
+from driver.fs.filesystem import Attributes, Filesystem
+
+log = structlog.get_logger()
+
+
+def _entry(attrs: Attributes) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = attrs.ino
+    entry.generation = 0
+    entry.entry_timeout = attrs.timeout
+    entry.attr_timeout = attrs.timeout
+    entry.st_mode = attrs.mode
+    entry.st_nlink = 2 if attrs.is_dir else 1
+    entry.st_uid = attrs.uid
+    entry.st_gid = attrs.gid
+    entry.st_rdev = 0
+    entry.st_size = attrs.size
+    entry.st_blksize = 1024 * 1024
+    entry.st_blocks = (attrs.size + 511) // 512
+    ns = int(attrs.mtime * 1e9)
+    entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
+    return entry
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class _Translate:
+    """Context manager: FsError -> FUSEError; anything else -> EIO with a logged traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> bool:
+        if exc is None or isinstance(exc, pyfuse3.FUSEError):
+            return False
+        if isinstance(exc, FsError):
+            raise pyfuse3.FUSEError(exc.errno) from exc
+        if isinstance(exc, Exception):
+            log.exception("filesystem operation failed unexpectedly")
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return False
+
+
+translate = _Translate()
+
+
+class FuseOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # the kernel would reorder writes
+    enable_acl = False
+
+    def __init__(self, fs: Filesystem, direct_io: bool = False) -> None:
+        super().__init__()
+        self.fs = fs
+        self.direct_io = direct_io
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        with translate:
+            return _entry(await self.fs.lookup(parent_inode, _name(name)))
+
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        with translate:
+            return _entry(await self.fs.getattr(inode))
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        with translate:
+            return _entry(await self.fs.setattr(
+                inode,
+                size=attr.st_size if fields.update_size else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                times=bool(fields.update_atime or fields.update_mtime),
+            ))
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        try:
+            self.fs.forget(list(inode_list))
+        except Exception:  # never raise from forget
+            log.exception("forget failed")
+
+    async def statfs(self, ctx: Any) -> Any:
+        stats = self.fs.statfs()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = stats.block_size
+        data.f_blocks, data.f_bfree, data.f_bavail = (stats.blocks, stats.free_blocks,
+                                                      stats.free_blocks)
+        data.f_files, data.f_ffree, data.f_favail = (stats.files, stats.free_files,
+                                                     stats.free_files)
+        data.f_namemax = stats.name_max
+        return data
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        with translate:
+            return await self.fs.opendir(inode)
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        with translate:
+            async for name, attrs, next_id in self.fs.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), _entry(attrs), next_id):
+                    break
+                self.fs.readdir_accepted(fh, next_id)
+
+    async def releasedir(self, fh: int) -> None:
+        with translate:
+            await self.fs.releasedir(fh)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        with translate:
+            fh = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.direct_io, keep_cache=False)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> Any:
+        with translate:
+            fh, attrs = await self.fs.create(parent_inode, _name(name), flags)
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.direct_io), _entry(attrs)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with translate:
+            return await self.fs.read(fh, off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with translate:
+            return await self.fs.write(fh, off, buf)
+
+    async def flush(self, fh: int) -> None:
+        with translate:
+            await self.fs.flush(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with translate:
+            await self.fs.fsync(fh)
+
+    async def release(self, fh: int) -> None:
+        with translate:
+            await self.fs.release(fh)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        with translate:
+            return _entry(await self.fs.mkdir(parent_inode, _name(name)))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with translate:
+            await self.fs.rmdir(parent_inode, _name(name))
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with translate:
+            await self.fs.unlink(parent_inode, _name(name))
+
+    async def rename(self, *args: Any) -> None:
+        with translate:
+            await self.fs.refuse("rename")
+
+    async def symlink(self, *args: Any) -> Any:
+        with translate:
+            await self.fs.refuse("symlink", errno.EPERM)
+
+    async def link(self, *args: Any) -> Any:
+        with translate:
+            await self.fs.refuse("link", errno.EPERM)
+
+    async def mknod(self, *args: Any) -> Any:
+        with translate:
+            await self.fs.refuse("mknod", errno.EPERM)
+
+    async def setxattr(self, *args: Any) -> None:
+        with translate:
+            await self.fs.refuse("setxattr")

@@ -1,0 +1,112 @@
+"""Run one FUSE mount in this process until it is unmounted or signalled.
+
+Lifecycle (one trio nursery, named tasks): mount with pyfuse3.init, raise the mount's
+read-ahead so the kernel sends 1 MiB reads, serve requests in `pyfuse3.main`, report
+readiness once a stat of the mountpoint has been answered by our own loop, and on SIGTERM/
+SIGINT terminate the loop and unmount. Abandoned uploads are aborted before exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import structlog
+import trio
+
+from driver.fs.filesystem import Filesystem
+from driver.fs.fuse import FuseOperations
+from driver.store.base import ObjectStore
+from driver.volume import MountOptions
+
+log = structlog.get_logger()
+READ_AHEAD_KB = 16 * 1024
+
+
+def fuse_options(options: MountOptions, fsname: str) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts |= {f"fsname={fsname}", "subtype=cloudbucket", "noatime"}
+    if options.read_only:
+        opts.add("ro")
+    if options.allow_other:
+        opts.add("allow_other")
+    if options.allow_root:
+        opts.add("allow_root")
+    return opts
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """"major:minor" of the mount at `mountpoint`, from /proc/self/mountinfo (no stat: our
+    own loop is not serving yet, so a stat, even realpath(), would deadlock)."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                found = fields[2]  # the last (topmost) mount wins
+    return found
+
+
+def _unescape(path: str) -> str:
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+def raise_read_ahead(device: str | None, kilobytes: int = READ_AHEAD_KB) -> None:
+    if device is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(kilobytes))
+    except OSError as exc:  # not fatal: reads still work, in smaller requests
+        log.warning("could not raise read-ahead", device=device, error=str(exc))
+
+
+def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: str,
+          ready: Callable[[str | None], None]) -> int:
+    """Mount and serve until unmounted; `ready(None)` once live, `ready(error)` otherwise."""
+    fs = Filesystem(store, options)
+    operations = FuseOperations(fs, direct_io=options.direct_io)
+    try:
+        pyfuse3.init(operations, mountpoint, fuse_options(options, fsname))
+    except RuntimeError as exc:
+        ready(f"cannot mount at {mountpoint}: {exc}")
+        return 1
+    raise_read_ahead(mount_device(mountpoint))
+    signalled = False
+
+    async def main() -> None:
+        nonlocal signalled
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+
+            async def watch_signals() -> None:
+                nonlocal signalled
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("terminating on signal", signal=signal.Signals(signum).name)
+                        signalled = True
+                        pyfuse3.terminate()
+                        return
+
+            async def announce_ready() -> None:
+                await trio.to_thread.run_sync(os.stat, mountpoint)
+                log.info("mounted", mountpoint=mountpoint, fsname=fsname)
+                ready(None)
+
+            nursery.start_soon(watch_signals, name="signals")
+            nursery.start_soon(announce_ready, name="ready")
+            await pyfuse3.main()
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        with contextlib.suppress(Exception):
+            pyfuse3.close(unmount=signalled)
+    log.info("unmounted", mountpoint=mountpoint)
+    return 0

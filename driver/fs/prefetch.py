@@ -1,0 +1,162 @@
+"""Per-open-file prefetching of an object with parallel ranged GETs.
+
+Design (after mountpoint-s3's prefetcher): a read at the position the stream expects keeps
+the stream going and doubles the read-ahead window, up to `part_size * max_parallel`; the
+window is covered by requests of up to `part_size` bytes that run in parallel. A read far
+from the stream resets it to a small first request, so random readers do not pay for
+sequential read-ahead. Parts already read are kept for `keep_behind` bytes below the highest
+offset read, because the kernel's read-ahead requests arrive somewhat out of order. Every
+byte a prefetcher holds is charged to a `MemoryBudget` shared by the whole mount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+MiB = 1024 * 1024
+FIRST_REQUEST = 1 * MiB + 128 * 1024  # enough for the kernel's first 1 MiB read
+
+
+class MemoryBudget:
+    """Bytes of prefetched data the mount may hold; a file may always hold one part."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def try_reserve(self, size: int, force: bool = False) -> bool:
+        if not force and self.used + size > self.limit:
+            return False
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+@dataclass(eq=False)
+class _Part:
+    start: int
+    end: int
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes = b""
+    error: BaseException | None = None
+
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+
+
+class Prefetcher:
+    def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
+                 budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
+                 keep_behind: int = 32 * MiB) -> None:
+        self._fetch = fetch
+        self._spawn = spawn  # nursery.start_soon of a nursery that outlives this file
+        self._budget = budget
+        self.size = size
+        self.part_size = part_size
+        self.max_window = part_size * max_parallel
+        self.keep_behind = keep_behind
+        self._parts: list[_Part] = []  # sorted, contiguous from _parts[0].start to _next
+        self._next = 0  # where the next request starts
+        self._window = FIRST_REQUEST
+        self._highest = 0  # highest offset read so far in this stream
+        self._stream_start = 0
+        self._closed = False
+        self.requests = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return b""
+        end = offset + length
+        reach = self._covered_until(offset)
+        if reach == offset and offset != self._next:
+            if self._parts and self._next < offset <= self._next + self.part_size:
+                self._next = offset  # a short skip forward: keep the stream, leave a hole
+            else:
+                self._reset(offset, length)
+        elif reach < end and reach != self._next:
+            self._reset(offset, length)  # a hole inside the range: start over here
+        elif offset >= self._highest > self._stream_start:
+            self._window = min(self._window * 2, self.max_window)  # the reader keeps up
+        self._schedule(end)
+        pieces: list[bytes] = []
+        for part in list(self._parts):
+            if part.end <= offset or part.start >= end:
+                continue
+            await part.done.wait()
+            if part.error is not None:
+                self._reset(self._next)  # the next read starts a fresh stream
+                raise part.error
+            lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
+            pieces.append(part.data if (lo, hi) == (0, len(part.data)) else part.data[lo:hi])
+        self._highest = max(self._highest, end)
+        self._evict()
+        self._schedule(self._highest)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(data) != length:  # pragma: no cover - a bug; never return short or mixed bytes
+            raise AssertionError(f"prefetcher assembled {len(data)} of {length} bytes")
+        return data
+
+    def _covered_until(self, offset: int) -> int:
+        """The end of the contiguous run of requested parts that contains `offset`."""
+        reach = offset
+        for part in self._parts:
+            if part.start <= reach < part.end:
+                reach = part.end
+            elif part.start > reach:
+                break
+        return reach
+
+    def _reset(self, offset: int, first_read: int = FIRST_REQUEST) -> None:
+        for part in self._parts:
+            self._budget.release(part.end - part.start)
+        self._parts.clear()
+        self._next = self._highest = self._stream_start = offset
+        # A fresh stream asks for little: a random reader should not pay for read-ahead.
+        self._window = FIRST_REQUEST if offset == 0 else max(first_read, 128 * 1024)
+
+    def _schedule(self, need_until: int) -> None:
+        """Request parts until `need_until` and the window ahead of the reader are covered."""
+        if self._closed:
+            return
+        target = min(self.size, max(need_until, self._highest + self._window))
+        while self._next < target:
+            size = min(self.part_size, self._window, self.size - self._next)
+            if need_until > self._next:  # the reader waits on these bytes: one request
+                size = max(size, min(need_until - self._next, self.part_size))
+            size = min(size, self.size - self._next)
+            if not self._budget.try_reserve(size, force=self._next < need_until):
+                return
+            part = _Part(self._next, self._next + size)
+            self._parts.append(part)
+            self._next = part.end
+            self.requests += 1
+            self._spawn(self._run, part)
+
+    async def _run(self, part: _Part) -> None:
+        try:
+            part.data = await self._fetch(part.start, part.end)
+        except trio.Cancelled:
+            part.error = OSError("prefetch cancelled")
+            raise
+        except BaseException as exc:  # noqa: BLE001 - delivered to the reader
+            part.error = exc
+        finally:
+            part.done.set()
+
+    def _evict(self) -> None:
+        floor = self._highest - self.keep_behind
+        while self._parts and self._parts[0].end <= floor:
+            part = self._parts.pop(0)
+            self._budget.release(part.end - part.start)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reset(0)

@@ -1,0 +1,20 @@
+"""Object stores behind one small interface (`ObjectStore`): S3 and native GCS."""
+
+from driver.store.base import (
+    AccessDenied,
+    BucketNotFound,
+    EndpointUnreachable,
+    InvalidRequest,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoreError,
+    UploadOptions,
+)
+
+__all__ = [
+    "AccessDenied", "BucketNotFound", "EndpointUnreachable", "InvalidRequest", "ListPage",
+    "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed", "StoreError", "UploadOptions",
+]

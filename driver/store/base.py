@@ -1,0 +1,115 @@
+"""The ObjectStore interface every backend implements, and the errors it may raise.
+
+Methods are synchronous and thread-safe: the filesystem calls them from worker threads,
+never from the FUSE event loop. Each backend translates its client's errors into the
+`StoreError` family below in one place, keeping the original as `__cause__`, and owns
+its retry rules (botocore's for S3, google-api-core's for GCS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base of every error a store raises. Messages never contain credentials."""
+
+
+class NotFound(StoreError):
+    """The object (or upload) does not exist."""
+
+
+class BucketNotFound(StoreError):
+    """The bucket does not exist."""
+
+
+class AccessDenied(StoreError):
+    """The store refused the credentials or the request (403, bad signature, expired)."""
+
+
+class PreconditionFailed(StoreError):
+    """The object changed: its ETag no longer matches the one pinned at open."""
+
+
+class EndpointUnreachable(StoreError):
+    """No connection to the endpoint (DNS, refused, timed out)."""
+
+
+class InvalidRequest(StoreError):
+    """The store rejected the request as malformed (e.g. part too small)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    objects: Sequence[ObjectInfo]
+    prefixes: Sequence[str]  # common prefixes, each ending in the delimiter
+    next_token: str | None  # None when this is the last page
+
+
+@dataclass(frozen=True, slots=True)
+class UploadOptions:
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    checksum: str | None = None  # "crc32c" or None
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    number: int
+    etag: str
+    checksum_crc32c: str | None = None
+
+
+class ObjectStore(Protocol):
+    bucket: str
+
+    def check_bucket(self) -> str | None:
+        """Verify the bucket exists and the credentials may list it; return its region."""
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Metadata of `key`, or None when it does not exist."""
+
+    def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+                  max_keys: int = 1000, start_after: str | None = None) -> ListPage:
+        """One page of keys under `prefix`, grouped at `delimiter`."""
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        """Bytes [start, end) of `key`; PreconditionFailed when its ETag is not `etag`."""
+
+    def put(self, key: str, data: bytes, options: UploadOptions) -> str:
+        """Write a whole object in one request; return its ETag."""
+
+    def create_upload(self, key: str, options: UploadOptions) -> str:
+        """Start a multipart upload; return its id."""
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+                    options: UploadOptions) -> PartResult: ...
+
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
+                         start: int, end: int, source_etag: str) -> PartResult:
+        """Copy bytes [start, end) of `source_key` (pinned to `source_etag`) as a part."""
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartResult]) -> str:
+        """Finish a multipart upload; return the new object's ETag."""
+
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """Pending multipart uploads under `prefix` as (key, upload id)."""
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; return how many."""
