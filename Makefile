@@ -11,10 +11,14 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config
 PEER_PACKAGES := s3fs rclone
 CSI_SANITY_VERSION ?= v5.4.0
 
-.PHONY: all install install-system install-peers demo test test-unit lint csi-sanity \
-        bench bench-read bench-write clean
+# Each room adds its own targets in mk/*.mk; TEST_DEPS lists what `make test` needs built.
+TEST_DEPS :=
+
+.PHONY: all install install-system install-peers demo test test-unit lint clean
 
 all: test
+
+include $(wildcard mk/*.mk)
 
 install: $(VENV)/.installed
 
@@ -45,17 +49,8 @@ lint: install
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test: install lint
+test: install lint $(TEST_DEPS)
 	$(PY) -m pytest -q -p no:cacheprovider tests
-
-bench-read: install install-peers
-	$(PY) -m tests.perf.bench --only read
-
-bench-write: install install-peers
-	$(PY) -m tests.perf.bench --only write
-
-bench: install install-peers
-	$(PY) -m tests.perf.bench
 
 clean:
 	rm -rf $(VENV) $(CACHE) build *.egg-info
