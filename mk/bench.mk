@@ -26,7 +26,7 @@ bench-meta: bench-deps
 bench-quick: bench-deps
 	$(BENCH) --quick --size-mib 64 --repeat 1 $(BENCH_ARGS)
 
-# Flame graphs (py-spy) of our FUSE server for each run, in bench-profile/.
+# py-spy stacks (folded, for flamegraph.pl or speedscope) of our FUSE server per run..
 bench-profile: bench-deps
 	$(PY) -m pip install -q py-spy
 	$(BENCH) --profile bench-profile $(BENCH_ARGS)

@@ -91,7 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
     parser.add_argument("--chart", default=None, help="PNG chart (default: OUT with .png)")
     parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="record a py-spy flame graph of our FUSE server per run")
+                        help="record py-spy stacks (folded) of our FUSE server per run")
+    parser.add_argument("--count-requests", action="store_true",
+                        help="count our mount's store calls and bytes per run (diagnostic)")
+    parser.add_argument("--profile-args", default="",
+                        help="extra py-spy record flags, e.g. '--gil' (only threads holding "
+                        "the GIL: where Python spends CPU) or '--idle'")
     parser.add_argument("--run-timeout", type=float, default=900,
                         help="seconds before a stuck run's FUSE server is killed")
     args = parser.parse_args(argv)
@@ -255,7 +260,8 @@ class Watchdog:
 
 
 @contextlib.contextmanager
-def profiled(pid: int, directory: str | None, name: str) -> Iterator[None]:
+def profiled(pid: int, directory: str | None, name: str,
+             extra: tuple[str, ...] = ()) -> Iterator[None]:
     """py-spy record of the FUSE server for the duration of a run (when asked for)."""
     if not directory:
         yield
@@ -264,9 +270,10 @@ def profiled(pid: int, directory: str | None, name: str) -> Iterator[None]:
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     Path(directory).mkdir(parents=True, exist_ok=True)
-    out = Path(directory) / f"{name}.svg"
+    # Collapsed stacks ("folded"): greppable, and flamegraph.pl / speedscope read them.
+    out = Path(directory) / f"{name}.folded"
     proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--threads",
-                             "--output", str(out), "--nonblocking"],
+                             "--format", "raw", "--output", str(out), "--nonblocking", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)  # py-spy attaches asynchronously; let it start before the run does
     try:
@@ -312,7 +319,13 @@ class Runner:
                 seconds = mounted.mount_seconds
                 return sample(RunResult(seconds, seconds), usage)
             with client.mounted(target) as mounted:
-                return self._measure_mounted(workload, client, mounted, rep)
+                entry = self._measure_mounted(workload, client, mounted, rep)
+            if isinstance(client, Cloudbucket) and client.count_requests:
+                # Written by the server at exit; covers its whole life (mount + workload).
+                counts = client.counts_file(mounted)
+                if counts.exists():
+                    entry["store_calls"] = json.loads(counts.read_text())
+            return entry
         finally:
             with contextlib.suppress(OSError):
                 target.rmdir()
@@ -320,7 +333,8 @@ class Runner:
     def _measure_mounted(self, workload: Workload, client: Client, mounted: Mounted,
                          rep: int) -> dict[str, Any]:
         profile = self.args.profile if client.name == OURS else None
-        with (profiled(mounted.pid, profile, f"{workload.name}-{rep}"),
+        with (profiled(mounted.pid, profile, f"{workload.name}-{rep}",
+                       tuple(self.args.profile_args.split())),
               Watchdog(mounted.pid, self.args.run_timeout) as watchdog,
               Monitor(mounted.pid) as monitor):
             try:
@@ -369,7 +383,8 @@ def run_all(args: argparse.Namespace, workloads: list[Workload], clients: list[C
 
 def build_clients(args: argparse.Namespace, server: SeaweedS3, bucket: str, workdir: Path,
                   raw: Raw) -> tuple[list[Client], dict[str, str]]:
-    ours = Cloudbucket(server, bucket, workdir, tuple(args.mount_flags.split()))
+    ours = Cloudbucket(server, bucket, workdir, tuple(args.mount_flags.split()),
+                       count_requests=args.count_requests)
     clients: list[Client] = [ours]
     skipped: dict[str, str] = {}
     for name in select_peers(args.peers):

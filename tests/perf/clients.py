@@ -133,9 +133,16 @@ class Cloudbucket(Client):
 
         return f"cloudbucket-csi {__version__}"
 
+    count_requests: bool = False  # run tests.perf.instrumented: store calls are counted
+
+    def counts_file(self, mounted: Mounted) -> Path:
+        return mounted.log_file.with_suffix(".counts.json")
+
     def mount(self, target: Path) -> Mounted:
         self._count += 1
         log_file = self.workdir / f"cloudbucket-{self._count}.log"
+        if self.count_requests:
+            return self._mount_instrumented(target, log_file)
         started = time.perf_counter()
         # mount_bucket runs `python -m driver mount ... --endpoint-url` with the keys in env
         # and returns once the CLI has exited 0 (= the mount answers).
@@ -143,6 +150,23 @@ class Cloudbucket(Client):
                                log_file=log_file)
         elapsed = time.perf_counter() - started
         return Mounted(target, process.pid, elapsed, log_file)
+
+    def _mount_instrumented(self, target: Path, log_file: Path) -> Mounted:
+        env = {**os.environ, **self.server.credential_env(),
+               "CLOUDBUCKET_BENCH_COUNTS": str(log_file.with_suffix(".counts.json"))}
+        args = [sys.executable, "-m", "tests.perf.instrumented", "mount", self.bucket,
+                str(target), f"--endpoint-url={self.server.endpoint}", *self.flags,
+                "--foreground"]
+        started = time.perf_counter()
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_live(target, proc, log_file)
+        except BaseException:
+            _abandon(target, proc)
+            raise
+        return Mounted(target, proc.pid, time.perf_counter() - started, log_file, proc)
 
 
 @dataclass

@@ -77,7 +77,8 @@ class Monitor:
                 return
 
     def __enter__(self) -> Monitor:
-        self._cpu0 = _cpu(_tree(self._proc))
+        procs = _tree(self._proc)
+        self._cpu0 = _cpu(procs)
         self._thread.start()
         return self
 

@@ -67,6 +67,11 @@ def summarize(workload: Workload, runs: dict[str, Any]) -> dict[str, Any]:
         per_gib = [s["cpu_s"] / (s["bytes"] / GiB) for s in samples if s["bytes"] >= MiB]
         if per_gib:
             summary.update(cpu_s_per_gib_median=_median(per_gib), cpu_s_per_gib_samples=per_gib)
+        fetched = [s["store_calls"].get("get_range", {}).get("bytes", 0) / s["bytes"]
+                   for s in samples if "store_calls" in s and s["bytes"] >= MiB]
+        if workload.group == "read" and fetched:
+            # Bytes our mount fetched from the store per byte delivered: > 1 = over-fetching.
+            summary["read_amplification_median"] = _median(fetched)
     return summary
 
 
@@ -176,9 +181,11 @@ def describe_sample(workload: Workload, entry: dict[str, Any]) -> str:
 
 def table(document: dict[str, Any]) -> str:
     clients = list(document["clients"])
-    lines = ["", "Medians (cold runs; server CPU-s and peak RSS of the FUSE process)", ""]
+    lines = ["", "Medians of cold runs. cpu s, rss MiB: the FUSE server's CPU seconds (median) "
+             "and peak RSS (max);", "fetched: bytes our mount GOT from the store per byte "
+             "delivered (--count-requests only).", ""]
     header = f"{'workload':12} {'client':12} {'median':>13} {'min':>11} {'max':>11} " \
-             f"{'cpu s':>7} {'rss MiB':>8} {'runs':>5}"
+             f"{'cpu s':>7} {'rss MiB':>8} {'fetched':>8} {'runs':>5}"
     lines += [header, "-" * len(header)]
     for name, entry in document["workloads"].items():
         unit = entry["unit"]
@@ -191,11 +198,13 @@ def table(document: dict[str, Any]) -> str:
                 continue
             cpu = res.get("cpu_s_median")
             rss = res.get("peak_rss_mib_max")
+            amp = res.get("read_amplification_median")
             lines.append(
                 f"{name:12} {client:12} {_fmt(res['median'], unit):>13} "
                 f"{_fmt(min(res['samples']), unit):>11} {_fmt(max(res['samples']), unit):>11} "
                 f"{'' if cpu is None else f'{cpu:.2f}':>7} "
-                f"{'' if rss is None else f'{rss:.0f}':>8} {len(res['samples']):>5}")
+                f"{'' if rss is None else f'{rss:.0f}':>8} "
+                f"{'' if amp is None else f'{amp:.2f}x':>8} {len(res['samples']):>5}")
     lines += ["", "Ratios (times faster than the comparator; > 1 = cloudbucket faster)", ""]
     for name, entry in document["workloads"].items():
         if entry["ratios"]:
