@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chart", default=None, help="PNG chart (default: OUT with .png)")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="record py-spy stacks (folded) of our FUSE server per run")
+    parser.add_argument("--mount-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for our FUSE server, e.g. MALLOC_ARENA_MAX=2")
     parser.add_argument("--count-requests", action="store_true",
                         help="count our mount's store calls and bytes per run (diagnostic)")
     parser.add_argument("--profile-args", default="",
@@ -102,6 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.size_mib < 1:
         parser.error("--repeat and --size-mib must be at least 1")
+    if any("=" not in item for item in args.mount_env):
+        parser.error("--mount-env takes NAME=VALUE")
     if args.duration is None:
         args.duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
     if args.list_count is None:
@@ -384,7 +388,8 @@ def run_all(args: argparse.Namespace, workloads: list[Workload], clients: list[C
 def build_clients(args: argparse.Namespace, server: SeaweedS3, bucket: str, workdir: Path,
                   raw: Raw) -> tuple[list[Client], dict[str, str]]:
     ours = Cloudbucket(server, bucket, workdir, tuple(args.mount_flags.split()),
-                       count_requests=args.count_requests)
+                       count_requests=args.count_requests,
+                       env=dict(item.split("=", 1) for item in args.mount_env))
     clients: list[Client] = [ours]
     skipped: dict[str, str] = {}
     for name in select_peers(args.peers):
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else argv,
         "size_bytes": size, "repeat": args.repeat, "duration_s": args.duration,
         "list_count": args.list_count, "small_count": args.small_count,
-        "quick": args.quick, "mount_flags": args.mount_flags,
+        "quick": args.quick, "mount_flags": args.mount_flags, "mount_env": args.mount_env,
         "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         "seeding_s": seeding, "page_cache": cache.problem or "dropped before every run",
         "raw_client": "boto3 client, path style, checksums only when required",

@@ -134,6 +134,7 @@ class Cloudbucket(Client):
         return f"cloudbucket-csi {__version__}"
 
     count_requests: bool = False  # run tests.perf.instrumented: store calls are counted
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
 
     def counts_file(self, mounted: Mounted) -> Path:
         return mounted.log_file.with_suffix(".counts.json")
@@ -147,12 +148,12 @@ class Cloudbucket(Client):
         # mount_bucket runs `python -m driver mount ... --endpoint-url` with the keys in env
         # and returns once the CLI has exited 0 (= the mount answers).
         process = mount_bucket(self.server, self.bucket, target, *self.flags,
-                               log_file=log_file)
+                               env=self.env, log_file=log_file)
         elapsed = time.perf_counter() - started
         return Mounted(target, process.pid, elapsed, log_file)
 
     def _mount_instrumented(self, target: Path, log_file: Path) -> Mounted:
-        env = {**os.environ, **self.server.credential_env(),
+        env = {**os.environ, **self.server.credential_env(), **self.env,
                "CLOUDBUCKET_BENCH_COUNTS": str(log_file.with_suffix(".counts.json"))}
         args = [sys.executable, "-m", "tests.perf.instrumented", "mount", self.bucket,
                 str(target), f"--endpoint-url={self.server.endpoint}", *self.flags,

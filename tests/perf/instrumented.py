@@ -2,7 +2,7 @@
 
 A diagnostic for the benchmarks (`bench --count-requests`): every S3Store method call is
 counted, with the bytes it moved (GET bodies, uploaded parts), as are the kernel's read
-requests (`fuse_read`) and prefetch stream resets; the totals are written as JSON to
+requests (`fuse_read`, `fuse_write`) and prefetch stream resets; the totals are written as JSON to
 $CLOUDBUCKET_BENCH_COUNTS when the server exits. The filesystem's code is untouched: only
 methods are wrapped, in this process.
 """
@@ -67,6 +67,14 @@ def _wrap_fs() -> None:
         _count("fuse_read", len(data))
         return data
 
+    write = filesystem.Filesystem.write
+
+    @functools.wraps(write)
+    async def counted_write(self: Any, fh: int, offset: int, data: bytes) -> int:
+        written = await write(self, fh, offset, data)
+        _count("fuse_write", written)
+        return written
+
     reset = prefetch.Prefetcher._reset
 
     @functools.wraps(reset)
@@ -75,6 +83,7 @@ def _wrap_fs() -> None:
         reset(self, *args, **kwargs)
 
     filesystem.Filesystem.read = counted_read  # type: ignore[method-assign]
+    filesystem.Filesystem.write = counted_write  # type: ignore[method-assign]
     prefetch.Prefetcher._reset = counted_reset  # type: ignore[method-assign]
 
 
