@@ -69,8 +69,12 @@ class Upload:
     async def write(self, offset: int, data: bytes) -> int:
         self._check()
         if offset != self.size:
-            raise FsError(errno.EINVAL, f"out-of-order write to {self.key}: offset {offset}, "
-                          f"expected {self.size}")
+            # The file can no longer be what the writer meant: fail the upload as a whole.
+            error = FsError(errno.EINVAL, f"out-of-order write to {self.key}: offset "
+                            f"{offset}, expected {self.size}")
+            self._error = error
+            await self.abort()
+            raise error
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
         self._buffer += data
