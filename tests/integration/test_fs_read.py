@@ -158,3 +158,19 @@ def test_read_only_mount(s3, bucket, mount):
             action()
         assert caught.value.errno == errno.EROFS
     assert (mnt / "keep.txt").read_bytes() == b"k"
+
+
+def test_metadata_ttl(s3, bucket, mount):
+    from driver.devservers import wait_until
+
+    short = mount(bucket)  # minimal TTL: changes by others show up within about a second
+    forever = mount(bucket, "--metadata-ttl=indefinite")
+    assert not (short / "late.txt").exists()
+    assert not (forever / "late.txt").exists()
+    s3.put_object(Bucket=bucket, Key="late.txt", Body=b"late")
+    wait_until(lambda: (short / "late.txt").exists(), 10, "the new object on the short-TTL mount")
+    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"v1")
+    assert os.stat(forever / "cached.txt").st_size == 2
+    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"version2")
+    s3.get_object(Bucket=bucket, Key="cached.txt")  # the store has moved on...
+    assert os.stat(forever / "cached.txt").st_size == 2  # ...the indefinite cache has not

@@ -270,3 +270,26 @@ def test_copy_tree_into_mount(bucket, mount, tmp_path):
     # Mode changes are refused, so copying permissions (cp -p, copystat) fails loudly.
     with pytest.raises(shutil.Error):
         shutil.copytree(tree, mnt / "tree2")
+
+
+def test_read_while_writing_is_busy_then_readable(bucket, mount):
+    mnt = mount(bucket)
+    with open(mnt / "growing.txt", "wb") as out:
+        out.write(b"part one")
+        with pytest.raises(OSError) as caught:
+            open(mnt / "growing.txt", "rb").close()
+        assert caught.value.errno == errno.EBUSY
+    assert (mnt / "growing.txt").read_bytes() == b"part one"
+
+
+def test_touch_and_truncate(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="t.txt", Body=b"12345")
+    mnt = mount(bucket)
+    os.utime(mnt / "t.txt")  # touch of an existing file: accepted
+    subprocess.run(["touch", str(mnt / "t.txt")], check=True)
+    os.truncate(mnt / "t.txt", 5)  # to the current size: a no-op
+    with pytest.raises(PermissionError):
+        os.truncate(mnt / "t.txt", 2)
+    subprocess.run(["touch", str(mnt / "fresh.txt")], check=True)  # creates an empty object
+    assert s3.get_object(Bucket=bucket, Key="fresh.txt")["Body"].read() == b""
+    assert s3.get_object(Bucket=bucket, Key="t.txt")["Body"].read() == b"12345"
