@@ -36,7 +36,7 @@ $(HELM): | install
 	$(HELM) version --short
 
 manifests: tools-helm
-	$(PY) -m tests.chart_render --write deploy
+	$(PY) -m tests.unit.chart_render --write deploy
 
 chart-check: tools-helm
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_chart.py
