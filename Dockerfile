@@ -34,7 +34,8 @@ RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3 fuse3 libfuse3-3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && sed -i 's/^#\s*user_allow_other/user_allow_other/' /etc/fuse.conf \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin cloudbucket
+ && groupadd --system --gid 10001 cloudbucket \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin cloudbucket
 COPY --from=build /opt/cloudbucket /opt/cloudbucket
 ENV PATH=/opt/cloudbucket/bin:$PATH PYTHONUNBUFFERED=1
 USER 10001

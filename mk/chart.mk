@@ -18,7 +18,7 @@ DOCKER := docker -H unix://$(DOCKER_SOCK)
 
 TEST_DEPS += tools-helm
 
-.PHONY: tools-helm manifests chart-check image dockerd-start dockerd-stop base-image
+.PHONY: tools-helm manifests chart-check image image-smoke dockerd-start dockerd-stop base-image
 
 tools-helm: $(HELM)
 
@@ -72,3 +72,7 @@ image: base-image
 	$(DOCKER) build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE_NAME) -t $(IMAGE) . \
 	  ; status=$$?; rm -f .build-ca.crt; exit $$status
 	$(DOCKER) run --rm --network host $(IMAGE) cloudbucket-csi --version
+
+# A real mount from inside the image, through the mounter (needs `make image` first).
+image-smoke: dockerd-start
+	IMAGE=$(IMAGE) $(PY) -m tests.integration.image_smoke

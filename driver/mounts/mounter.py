@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
 
 from driver.mounts import mountinfo
@@ -229,12 +228,10 @@ class Mounter:
         """Collect exited FUSE servers re-parented to us (we are a subreaper)."""
         with self._children_guard:
             own = set(self._own_children)
-        for child in psutil.Process().children():
-            if child.pid in own:
-                continue
-            with contextlib.suppress(psutil.Error, ChildProcessError):
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    os.waitpid(child.pid, os.WNOHANG)
+        for pid in zombie_children():
+            if pid not in own:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -252,6 +249,22 @@ class Mounter:
         if op == "list":
             return {"ok": True, "mounts": self.list()}
         raise MounterError(f"unknown op {op!r}")
+
+
+def zombie_children(proc: str = "/proc") -> list[int]:
+    """PIDs of this process's children that have exited and wait to be reaped."""
+    me, found = os.getpid(), []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        if fields[0] == "Z" and int(fields[1]) == me:
+            found.append(int(entry.name))
+    return found
 
 
 def canonical_flags(flags: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ import pytest
 
 from driver.devservers import SeaweedS3, wait_until
 from driver.mounts import mountinfo
-from driver.mounts.mounter import MounterClient, MounterError
+from driver.mounts.mounter import MounterClient, MounterError, zombie_children
 from driver.volume import Credentials
 from tests.helpers import server_pid
 
@@ -229,7 +229,10 @@ def test_mount_is_idempotent_and_errors_are_one_line(
     first = server_pid(target)
     client.mount(bucket, str(target), flags, static_credentials(seaweed))
     assert server_pid(target) == first  # a repeat returns the existing mount
+    # The mounter is a subreaper: the FUSE server is its child, and is reaped when it exits.
+    assert mounter.proc is not None and psutil.Process(first).ppid() == mounter.proc.pid
     assert client.unmount(str(target))
+    wait_until(lambda: not psutil.pid_exists(first), 30, "FUSE server reaped by the mounter")
 
     # The store's refusal comes back as the CLI's one line, with nothing left mounted.
     bad = Credentials(kind="static", access_key_id="wrong", secret_access_key="wrong-secret")
@@ -263,3 +266,16 @@ def test_unknown_op_and_unreachable_socket(mounter: MounterProcess, tmp_path: Pa
     with pytest.raises(MounterError, match="not reachable"):
         MounterClient(str(tmp_path / "nothing.sock")).ping()
     assert os.stat(mounter.socket).st_mode & 0o777 == 0o600
+
+
+def test_zombie_children_lists_only_exited_children() -> None:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        wait_until(lambda: exited.pid in zombie_children(), 30, "child exit")
+        assert running.pid not in zombie_children()
+    finally:
+        running.kill()
+        running.wait()
+        exited.wait()
+    assert exited.pid not in zombie_children()
