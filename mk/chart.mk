@@ -4,6 +4,7 @@
 #   make manifests    re-render deploy/ from the chart (CI fails if deploy/ drifts)
 #   make chart-check  helm lint + template + kubernetes-validate (also run by `make test`)
 #   make image        build the image with a hand-started dockerd (not part of `make test`)
+#   make image-smoke  mount a real bucket from inside the built image, through the mounter
 
 HELM := $(GOBIN)/helm
 KUBECTL := $(GOBIN)/kubectl
