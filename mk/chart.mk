@@ -58,7 +58,9 @@ dockerd-start:
 	fi
 
 dockerd-stop:
-	@if [ -f $(CACHE)/dockerd.pid ]; then kill $$(cat $(CACHE)/dockerd.pid) || true; fi
+	@if [ -f $(CACHE)/dockerd.pid ]; then pid=$$(cat $(CACHE)/dockerd.pid); kill $$pid || true; \
+	  for i in $$(seq 30); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; fi
+	@umount $(CACHE)/docker-exec/netns/default 2>/dev/null || true
 
 base-image: dockerd-start
 	@if ! $(DOCKER) image inspect $(BASE_IMAGE_NAME) >/dev/null 2>&1; then \
