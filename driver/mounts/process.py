@@ -195,7 +195,8 @@ class FuseProcessMounter:
 
     def _abandon(self, process: subprocess.Popen[bytes], target: str,
                  server: ServerInfo) -> None:
-        """Undo a failed start: no process, no mount, no credentials file."""
+        """Undo a failed start: no process, no mount, no credentials or log file (the
+        failure's one line travels in the error instead)."""
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -208,6 +209,7 @@ class FuseProcessMounter:
         if mountinfo.find(target) is not None:
             mountinfo.unmount(target)
         Path(server.credentials_file).unlink(missing_ok=True)
+        Path(server.log_file).unlink(missing_ok=True)
 
     # -- check / update ------------------------------------------------------------------
 
