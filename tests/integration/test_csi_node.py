@@ -43,6 +43,13 @@ def server() -> Iterator[CsiProcess]:
         yield process
 
 
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[CsiProcess]:
+    """One server for the tests that leave nothing behind (the bad-input table)."""
+    with csi_server("all") as process:
+        yield process
+
+
 def _target(server: CsiProcess, name: str = "target") -> Path:
     # kubelet creates the parent of the target path; the plugin creates the target itself.
     parent = server.workdir / "pods" / name
@@ -380,8 +387,10 @@ BAD_PUBLISHES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_PUBLISHES), ids=list(BAD_PUBLISHES))
-def test_bad_publish_gets_its_code_and_names_the_field(server: CsiProcess, seaweed: SeaweedS3,
-                                                       bucket: str, case: str) -> None:
+def test_bad_publish_gets_its_code_and_names_the_field(shared_server: CsiProcess,
+                                                       seaweed: SeaweedS3, bucket: str,
+                                                       case: str) -> None:
+    server = shared_server
     changes, code, needle = BAD_PUBLISHES[case]
     target = _target(server)
     context = volume_context(seaweed, bucket)
