@@ -94,11 +94,10 @@ class CsiInterceptor(grpc.ServerInterceptor):
 
 def socket_path(endpoint: str) -> str:
     """The filesystem path of a `unix:///abs/path` (or `unix:/abs/path`) endpoint."""
-    for scheme in ("unix://", "unix:"):
-        if endpoint.startswith(scheme):
-            path = endpoint[len(scheme):]
-            if path.startswith("/"):
-                return path
+    scheme = "unix://" if endpoint.startswith("unix://") else "unix:"
+    path = endpoint[len(scheme):] if endpoint.startswith(scheme) else ""
+    if path.startswith("/") and not path.startswith("//"):
+        return path
     raise ValueError(f"--endpoint must be unix:///absolute/path, got {endpoint!r}")
 
 
