@@ -141,7 +141,10 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
         from driver.services.controller import ControllerService
 
         csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(), server)
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(serve_controller), server)
+    # Probe: a node plugin is only useful where FUSE is available.
+    ready = (lambda: os.path.exists("/dev/fuse")) if serve_node else (lambda: True)
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(serve_controller, ready),
+                                                server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = ["", "csi.v1.Identity"]

@@ -3,12 +3,13 @@
 #   make csi-proto    re-vendor driver/csi/csi.proto (+ LICENSE) from the Go module
 #                     github.com/container-storage-interface/spec@$(CSI_SPEC_VERSION) and
 #                     regenerate the Python stubs with grpcio-tools (nothing is hand-edited)
-#   make csi-sanity   build csi-sanity $(CSI_SANITY_PIN) into .cache/bin (GOBIN)
+#   make csi-sanity   build csi-sanity $(CSI_SANITY_VERSION) into .cache/bin (GOBIN)
 #   make test-csi     the CSI unit + integration tests, csi-sanity included
 
 CSI_SPEC_VERSION := v1.13.0
-# Pinned csi-test release (the newest v5 when this was written); `make test` builds it.
-CSI_SANITY_PIN := v5.6.0
+# Pinned csi-test release (the newest v5 when this was written; overrides the Makefile's
+# default); `make test` builds it.
+CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(GOBIN)/csi-sanity
 CSI_DIR := driver/csi
 
@@ -18,12 +19,12 @@ TEST_DEPS += $(CSI_SANITY)
 
 csi-sanity: $(CSI_SANITY)
 
-# The version is part of the file name's recipe: bumping CSI_SANITY_PIN rebuilds it.
+# Rebuilt whenever this file changes, e.g. for a new CSI_SANITY_VERSION.
 $(CSI_SANITY): mk/csi.mk
 	@command -v go >/dev/null || { echo "go is needed to build csi-sanity"; exit 1; }
 	mkdir -p $(GOBIN)
 	GOBIN=$(GOBIN) GOFLAGS=-mod=mod go install \
-	  github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_PIN)
+	  github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
 	touch $@
 
 csi-proto:

@@ -225,6 +225,7 @@ def test_node_plugin_sigkill_and_restart_keeps_mounts(server: CsiProcess,
     target = _target(server)
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target))
     pid = _pid(server, target)
+    assert os.getsid(pid) == pid  # its own session: the plugin's signals do not reach it
     server.kill()
     assert psutil.pid_exists(pid)
     (target / "while-plugin-down.txt").write_text("still serving")
@@ -322,6 +323,9 @@ def test_request_logs_are_structured_and_never_hold_secrets(server: CsiProcess,
     context = volume_context(seaweed, bucket, **{
         TOKENS_KEY: json.dumps({"sts.amazonaws.com": {"token": token}})})
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target, context=context))
+    argv = psutil.Process(_pid(server, target)).cmdline()
+    assert any(arg.startswith("--credentials-file=") for arg in argv)
+    assert not [arg for arg in argv if seaweed.secret_key in arg or token in arg]
     _unpublish(server, target)
     events = [e for e in server.log_events() if e.get("event") == "grpc request"]
     publish = [e for e in events if e["method"] == "NodePublishVolume"]
