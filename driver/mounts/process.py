@@ -26,7 +26,7 @@ from pathlib import Path
 import structlog
 
 from driver.mounts import mountinfo
-from driver.mounts.mounter import (
+from driver.mounts.base import (
     FailureKind,
     Health,
     MountFailed,

@@ -20,7 +20,7 @@ from typing import Literal
 
 import structlog
 
-from driver.mounts.mounter import ServerInfo
+from driver.mounts.base import ServerInfo
 
 log = structlog.get_logger()
 

@@ -19,7 +19,7 @@ import grpc
 import structlog
 
 from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.mounts.mounter import Mounter, MountFailed, ServerInfo, TargetState
+from driver.mounts.base import Mounter, MountFailed, ServerInfo, TargetState
 from driver.mounts.process import remove_target_dir
 from driver.mounts.state import MountRecord, StateStore
 from driver.services import capabilities, legacy

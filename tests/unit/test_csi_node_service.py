@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from driver.csi import csi_pb2
-from driver.mounts.mounter import Health, MountFailed, ServerInfo, TargetState
+from driver.mounts.base import Health, MountFailed, ServerInfo, TargetState
 from driver.mounts.state import StateStore
 from driver.services.errors import CsiError
 from driver.services.node import NodeService

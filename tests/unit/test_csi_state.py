@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.mounts.mounter import ServerInfo
+from driver.mounts.base import ServerInfo
 from driver.mounts.state import MountRecord, StateStore, target_key, write_atomically
 
 

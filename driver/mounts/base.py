@@ -5,6 +5,7 @@ for a `VolumeSpec` at a target (returning once the mount is live), check whether
 server still serves its target (used for volume health and to adopt mounts after a restart),
 refresh a live mount's credentials file, and stop (unmount, let pending uploads finish).
 `process.FuseProcessMounter` is the real one; unit tests use an in-memory fake.
+(driver/mounts/mounter.py is a different thing: the optional per-node mounter daemon.)
 """
 
 from __future__ import annotations
