@@ -128,12 +128,19 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
     node = None
     if serve_node:
         from driver.mounts.process import FuseProcessMounter
+        from driver.mounts.remote import MOUNTER_SOCKET_ENV, RemoteMounter
         from driver.mounts.state import StateStore
         from driver.services.node import NodeService
 
         state_path = Path(state_dir)
-        node = NodeService(node_id, StateStore(state_path / "volumes"),
-                           FuseProcessMounter(state_path))
+        # With a mounter daemon (the chart's mounter DaemonSet), it owns the FUSE servers;
+        # otherwise this process starts them itself, each in its own session.
+        mounter_socket = os.environ.get(MOUNTER_SOCKET_ENV)
+        mounter = (RemoteMounter(mounter_socket) if mounter_socket
+                   else FuseProcessMounter(state_path))
+        log.info("mounter", kind="daemon" if mounter_socket else "process",
+                 socket=mounter_socket)
+        node = NodeService(node_id, StateStore(state_path / "volumes"), mounter)
         adopted, cleaned = node.recover()
         log.info("node state recovered", adopted=adopted, cleaned=cleaned)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)

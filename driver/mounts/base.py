@@ -64,7 +64,8 @@ class Mounter(Protocol):
     def check(self, server: ServerInfo, target: str) -> Health:
         """Whether `server` is alive and its mount at `target` answers."""
 
-    def update_credentials(self, server: ServerInfo, credentials: Credentials) -> None:
+    def update_credentials(self, server: ServerInfo, target: str,
+                           credentials: Credentials) -> None:
         """Atomically rewrite a live server's credentials file (it re-reads it on refresh)."""
 
     def stop(self, server: ServerInfo | None, target: str, terminate: bool = False) -> None:

@@ -86,7 +86,7 @@ def server_alive(server: ServerInfo) -> bool:
     return process_start_time(server.pid) == server.start_time
 
 
-def _answers(target: str, timeout: float) -> tuple[bool, str]:
+def probe_mount(target: str, timeout: float) -> tuple[bool, str]:
     """stat() the mount in a helper thread: a hung server must not hang the caller."""
     result: list[tuple[bool, str]] = []
 
@@ -223,12 +223,13 @@ class FuseProcessMounter:
         if not alive:
             return Health(False, f"the FUSE server (pid {server.pid}) is gone: the mount "
                           "answers ENOTCONN (transport endpoint is not connected)")
-        answers, why = _answers(target, self.probe_timeout)
+        answers, why = probe_mount(target, self.probe_timeout)
         if not answers:
             return Health(False, why)
         return Health(True, f"mounted, served by pid {server.pid}")
 
-    def update_credentials(self, server: ServerInfo, credentials: Credentials) -> None:
+    def update_credentials(self, server: ServerInfo, target: str,
+                           credentials: Credentials) -> None:
         write_atomically(Path(server.credentials_file), credentials.to_json(), mode=0o600)
 
     def target_state(self, target: str) -> TargetState:

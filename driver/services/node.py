@@ -201,7 +201,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if health is not None and health.ok:
                 # Compatible repeat (kubelet retry, or a republish with a fresh token):
                 # nothing to mount, but the credentials may be new.
-                self.mounter.update_credentials(record.server, wanted.spec.credentials)
+                self.mounter.update_credentials(record.server, target,
+                                                wanted.spec.credentials)
                 return
             log.warning("republishing over a dead mount", target=target, volume_id=volume_id,
                         reason=health.message if health else "publish was interrupted")

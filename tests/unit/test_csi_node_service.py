@@ -51,8 +51,9 @@ class FakeMounter:
         ok = self.mounted.get(target) == server and target not in self.dead
         return Health(ok, "fine" if ok else "ENOTCONN: server gone")
 
-    def update_credentials(self, server: ServerInfo, credentials: Credentials) -> None:
-        [target] = [t for t, s in self.mounted.items() if s == server]
+    def update_credentials(self, server: ServerInfo, target: str,
+                           credentials: Credentials) -> None:
+        assert self.mounted[target] == server
         self.credentials[target] = credentials
 
     def stop(self, server: ServerInfo | None, target: str, terminate: bool = False) -> None:
