@@ -38,7 +38,9 @@ log = structlog.get_logger()
 GRACE_SECONDS = 30.0
 QUIET_METHODS = frozenset({"Probe", "Check", "Watch", "GetPluginInfo",
                            "GetPluginCapabilities", "NodeGetCapabilities",
-                           "ControllerGetCapabilities", "NodeGetInfo"})
+                           "ControllerGetCapabilities", "NodeGetInfo",
+                           # kubelet polls these for every volume every minute
+                           "NodeGetVolumeStats", "NodeGetVolumeHealth"})
 # Request fields safe to log: identifiers and paths. Secrets, volume_context (it carries
 # service-account tokens), parameters and mount flags are never read here.
 LOGGED_FIELDS = ("volume_id", "target_path", "volume_path", "name")

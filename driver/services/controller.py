@@ -39,6 +39,7 @@ from driver.volume import (
     Credentials,
     MountOptions,
     VolumeError,
+    VolumeSpec,
     parse_secrets,
     volume_spec,
 )
@@ -101,7 +102,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             volume_id=new_id, capacity_bytes=0, volume_context=attributes))
 
     @staticmethod
-    def _validate(attributes: dict[str, str]):  # -> VolumeSpec
+    def _validate(attributes: dict[str, str]) -> VolumeSpec:
         """Validate StorageClass parameters the way the node will read the volume context.
 
         The controller has no pod token; a roleArn volume is checked with a placeholder

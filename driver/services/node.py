@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 import grpc
 import structlog
@@ -69,12 +70,13 @@ class _Wanted:
     access_mode: str
     ephemeral: bool
 
-    def record(self, server: ServerInfo | None, phase: str) -> MountRecord:
+    def record(self, server: ServerInfo | None,
+               phase: Literal["starting", "ready"]) -> MountRecord:
         return MountRecord(
             target=self.target, volume_id=self.volume_id, bucket=self.spec.bucket,
             options=_option_map(self.spec), credentials_kind=self.spec.credentials.kind,
             role_arn=self.spec.credentials.role_arn, access_mode=self.access_mode,
-            ephemeral=self.ephemeral, phase=phase, server=server,  # type: ignore[arg-type]
+            ephemeral=self.ephemeral, phase=phase, server=server,
         )
 
 
@@ -171,10 +173,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         capabilities.check(request.volume_capability, "volume_capability")
         mode = request.volume_capability.access_mode.mode
         readonly = request.readonly or mode in capabilities.READ_ONLY_MODES
-        context_map: Mapping[str, str] = request.volume_context
+        context_map: Mapping[str, str] = dict(request.volume_context)
         try:
-            spec = volume_spec(context_map, request.volume_capability.mount.mount_flags,
-                               request.secrets, readonly)
+            spec = volume_spec(context_map, list(request.volume_capability.mount.mount_flags),
+                               dict(request.secrets), readonly)
         except VolumeError as exc:
             raise from_volume_error(exc) from None
         wanted = _Wanted(volume_id, target, spec, capabilities.mode_name(mode),
@@ -307,6 +309,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if record.server is None or record.phase != "ready":
             return True, "the volume is still being published"
         health = self.mounter.check(record.server, record.target)
+        if not health.ok:  # stats calls log quietly; an abnormal volume is worth a warning
+            log.warning("volume abnormal", volume_id=record.volume_id, target=record.target,
+                        reason=health.message)
         return not health.ok, health.message
 
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
