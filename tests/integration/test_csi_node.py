@@ -62,6 +62,20 @@ def _pid(server: CsiProcess, target: Path) -> int:
     return record["server"]["pid"]
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # exited meanwhile
+        return []
+
+
 def _stats(server: CsiProcess, volume_id: str, target: Path) -> tuple[bool, str]:
     response = server.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
         volume_id=volume_id, volume_path=str(target)))
@@ -101,7 +115,7 @@ def test_publish_write_read_unpublish(server: CsiProcess, seaweed: SeaweedS3, s3
     pid = _pid(server, target)
     _unpublish(server, target)
     _assert_clean(server, target)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not _running(pid)
     # Unpublishing again (kubelet retry) succeeds.
     _unpublish(server, target)
 
@@ -423,7 +437,7 @@ def test_bad_publish_gets_its_code_and_names_the_field(shared_server: CsiProcess
     _assert_clean(server, target)
     assert server.records() == []
     assert not [p for p in psutil.Process(os.getpid()).children(recursive=True)
-                if "--foreground" in p.cmdline()]
+                if _running(p.pid) and "--foreground" in _cmdline(p)]
 
 
 def test_stats_and_unpublish_of_unknown_volumes(server: CsiProcess, seaweed: SeaweedS3,
