@@ -29,6 +29,7 @@ from driver.services.locks import KeyedLocks
 from driver.volume import Credentials, VolumeError, VolumeSpec, is_ephemeral, volume_spec
 
 log = structlog.get_logger()
+PROVISIONER_KEY_PREFIX = "storage.kubernetes.io/"
 
 _FAILURE_CODES = {
     "access_denied": grpc.StatusCode.PERMISSION_DENIED,
@@ -173,7 +174,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         capabilities.check(request.volume_capability, "volume_capability")
         mode = request.volume_capability.access_mode.mode
         readonly = request.readonly or mode in capabilities.READ_ONLY_MODES
-        context_map: Mapping[str, str] = dict(request.volume_context)
+        # external-provisioner adds `storage.kubernetes.io/csiProvisionerIdentity` to the
+        # attributes of every PV it creates; it is bookkeeping, not a volume attribute.
+        context_map: Mapping[str, str] = {
+            key: value for key, value in request.volume_context.items()
+            if not key.startswith(PROVISIONER_KEY_PREFIX)}
         try:
             spec = volume_spec(context_map, list(request.volume_capability.mount.mount_flags),
                                dict(request.secrets), readonly)

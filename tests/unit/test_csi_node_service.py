@@ -106,6 +106,16 @@ def test_publish_builds_the_spec_and_records_it(node: NodeService, mounter: Fake
     assert record.options["read-only"] == "true"
 
 
+def test_provisioner_bookkeeping_attributes_are_ignored(node: NodeService,
+                                                        mounter: FakeMounter,
+                                                        tmp_path: Path) -> None:
+    request = _request(tmp_path / "t")
+    request.volume_context["storage.kubernetes.io/csiProvisionerIdentity"] = "123-csi"
+    request.volume_context["csi.storage.k8s.io/pod.name"] = "web-0"
+    node.NodePublishVolume(request, None)
+    assert len(mounter.started) == 1
+
+
 def test_compatible_repeat_rewrites_credentials_without_remounting(
         node: NodeService, mounter: FakeMounter, tmp_path: Path) -> None:
     target = tmp_path / "t"
