@@ -95,3 +95,24 @@ def test_missing_peer_is_skipped_with_a_reason(tmp_path: Path,
     assert set(skipped) == {"s3fs", "rclone"}
     assert all("not installed" in why for why in skipped.values())
     assert os.listdir(tmp_path) == []
+
+
+def test_mount_time_goes_through_node_publish_when_the_csi_server_exists(tmp_path: Path) -> None:
+    from tests.perf.bench import csi_available
+
+    out = tmp_path / "mount.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.perf.bench", "--only", "mount_time", "--peers", "none",
+         "--repeat", "1", "--size-mib", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=110, check=False,
+        cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads(out.read_text())["workloads"]["mount_time"]
+    ours = entry["results"]["cloudbucket"]
+    assert ours["errors"] == [] and ours["median"] > 0
+    if csi_available():
+        assert ours["runs"][0]["via"] == "NodePublishVolume"
+        assert "NodePublishVolume" in entry["description"]
+    else:
+        assert "stand-in" in entry["description"]
+    assert [e.target for e in mountinfo.read() if "cloudbucket-bench-" in e.target] == []
