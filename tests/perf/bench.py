@@ -472,6 +472,17 @@ def versions(clients: list[Client], server: SeaweedS3) -> dict[str, str]:
     return found
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=False,
+                                cwd=Path(__file__).resolve().parent)
+        return result.stdout.strip() or None
+    return None
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwind through the finally blocks: unmount, stop the server
 
@@ -517,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         "size_bytes": size, "repeat": args.repeat, "duration_s": args.duration,
         "list_count": args.list_count, "small_count": args.small_count,
         "quick": args.quick, "mount_flags": args.mount_flags, "mount_env": args.mount_env,
-        "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "commit": _git_commit(), "cpus": os.cpu_count(),
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         "seeding_s": seeding, "page_cache": cache.problem or "dropped before every run",
         "raw_client": "boto3 client, path style, checksums only when required",
         "note": "medians of the same run; clients take turns within each repetition",
