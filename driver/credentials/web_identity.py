@@ -18,6 +18,7 @@ they are logged, and the exception raised to botocore names only the role and th
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -133,6 +134,9 @@ def web_identity_session(credentials: Credentials, credentials_file: str | None,
     """A boto3 session whose credentials come from (and are refreshed through) STS."""
     if not credentials.role_arn:
         raise ValueError("web_identity credentials need a role ARN")
+    # botocore logs every failed mandatory refresh with a traceback; our own error line
+    # (role, STS code, scrubbed reason) says it once and clearly.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
     core = botocore.session.get_session()
     # botocore has no public setter for a credentials object; this is the documented-by-use
     # way (also used by boto3's own tests) and keeps the credentials local to this session.

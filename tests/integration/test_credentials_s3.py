@@ -210,6 +210,7 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
                                    sts_env.flags("--metadata-ttl=0"))
     stale, _ = mounts.mount(sts_env.allowed, sts_env.role_credentials(first),
                             sts_env.flags("--metadata-ttl=0"))
+    opened = open(stale / "hello.txt", "rb")  # noqa: SIM115 - read after expiry below
     # Republish: kubelet hands the node plugin a fresh token, which rewrites the file.
     write_credentials(cred_file, sts_env.role_credentials(sts_env.issuer.token()))
 
@@ -233,5 +234,11 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
             return exc.errno == errno.EACCES
         return False
 
-    wait_until(stale_denied, TOKEN_DURATION, "EACCES on the mount whose token expired")
+    try:
+        wait_until(stale_denied, TOKEN_DURATION, "EACCES on the mount whose token expired")
+        with pytest.raises(PermissionError) as raised:  # a file opened while still valid
+            opened.read()
+        assert raised.value.errno == errno.EACCES
+    finally:
+        opened.close()
     assert "web identity token refused" in stale.log()
