@@ -52,6 +52,7 @@ class OidcIssuer:
         # Keys whose public half the /token endpoint trusts for JWT-bearer assertions.
         self.trusted_assertion_keys: dict[str, Any] = {}
         self.access_tokens: list[str] = []  # every access token handed out by /token
+        self.access_token_lifetime = 3600  # seconds; short values force google-auth refreshes
         self.token_requests = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -92,7 +93,8 @@ class OidcIssuer:
     def _issue_access_token(self) -> dict[str, Any]:
         access = "ya29.test-" + secrets.token_hex(16)
         self.access_tokens.append(access)
-        return {"access_token": access, "token_type": "Bearer", "expires_in": 3600,
+        return {"access_token": access, "token_type": "Bearer",
+                "expires_in": self.access_token_lifetime,
                 "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
 
     def handle_token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -103,15 +105,17 @@ class OidcIssuer:
             try:
                 kid = jwt.get_unverified_header(assertion).get("kid", "")
                 public = self.trusted_assertion_keys[kid]
+                # google-auth addresses assertions to Google's token URL whatever token_uri is.
                 jwt.decode(assertion, public, algorithms=["RS256"],
-                           audience=f"{self.url}/token")
+                           audience=[f"{self.url}/token", "https://oauth2.googleapis.com/token"])
             except (KeyError, jwt.PyJWTError):
                 return 400, {"error": "invalid_grant"}
             return 200, self._issue_access_token()
         if grant == "urn:ietf:params:oauth:grant-type:token-exchange":
             try:
+                # Like Google STS: the pod token must be for the pool provider's audience.
                 jwt.decode(form.get("subject_token", ""), self.key.public_key(),
-                           algorithms=["RS256"], audience=form.get("audience") or AUDIENCE,
+                           algorithms=["RS256"], audience=form.get("audience", ""),
                            issuer=self.url)
             except jwt.PyJWTError:
                 return 400, {"error": "invalid_grant"}

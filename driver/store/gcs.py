@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import google.api_core.exceptions as gexc
 import google.auth.exceptions
 import requests
+import structlog
 from google.api_core.client_options import ClientOptions
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
@@ -53,6 +54,7 @@ from driver.store.base import (
 )
 from driver.volume import Credentials
 
+log = structlog.get_logger()
 T = TypeVar("T")
 UPLOADS = "/.cloudbucket-uploads/"
 COMPOSE_LIMIT = 32  # sources per compose request
@@ -72,14 +74,17 @@ def _translate(exc: BaseException, what: str) -> StoreError:
         if isinstance(exc, gexc.ClientError):
             return InvalidRequest(message)
         return StoreError(message)
-    if isinstance(exc, google.auth.exceptions.RefreshError):
-        # The token endpoint refused the key or the pod token; never echo its response.
-        return AccessDenied(f"{what}: Google credentials refused ({type(exc).__name__})")
-    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
-        return AccessDenied(f"{what}: no Google credentials found")
     if isinstance(exc, google.auth.exceptions.TransportError | requests.ConnectionError |
                   requests.Timeout):
         return EndpointUnreachable(f"{what}: {type(exc).__name__}")
+    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        return AccessDenied(f"{what}: no Google credentials found")
+    if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+        # RefreshError, OAuthError...: the token endpoint refused the key or the pod token.
+        # Never echo its response (it may quote the assertion or token).
+        log.error("Google credentials refused: requests fail with EACCES until valid "
+                  "credentials arrive", what=what, error=type(exc).__name__)
+        return AccessDenied(f"{what}: Google credentials refused ({type(exc).__name__})")
     if isinstance(exc, GcsCredentialsError):
         return AccessDenied(f"{what}: {exc}")
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
