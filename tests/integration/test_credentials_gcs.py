@@ -6,6 +6,7 @@ assertion against the key it trusts, or validates the pod token in a workload-id
 token exchange, and refuses anything else. A refused exchange must fail the mount with
 "denied"; an accepted one must have happened for the mount to be live.
 """
+# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def _env(server: FakeGcs) -> dict[str, str]:
     return {"STORAGE_EMULATOR_HOST": server.endpoint}
 
 
-def test_service_account_json_mounts(issuer: OidcIssuer, fake_gcs: FakeGcs,  # noqa: F811
-                                     gcs, gcs_bucket, mounts: CredMounts) -> None:  # noqa: F811
+def test_service_account_json_mounts(issuer: OidcIssuer, fake_gcs: FakeGcs,
+                                     gcs, gcs_bucket, mounts: CredMounts) -> None:
     gcs.bucket(gcs_bucket).blob("a.txt").upload_from_string(b"sa")
     before = len(issuer.access_tokens)
     mount, _ = mounts.mount(gcs_bucket, _service_account(issuer, trusted=True),
@@ -80,16 +81,16 @@ def test_service_account_json_mounts(issuer: OidcIssuer, fake_gcs: FakeGcs,  # n
 
 
 def test_untrusted_service_account_key_is_denied(issuer: OidcIssuer,
-                                                 fake_gcs: FakeGcs,  # noqa: F811
-                                                 gcs_bucket, mounts: CredMounts  # noqa: F811
+                                                 fake_gcs: FakeGcs,
+                                                 gcs_bucket, mounts: CredMounts
                                                  ) -> None:
     line = mounts.refused(gcs_bucket, _service_account(issuer, trusted=False),
                           ["--provider=gcs"], env=_env(fake_gcs))
     assert f"access to bucket {gcs_bucket} denied" in line
 
 
-def test_incomplete_service_account_json_is_refused(fake_gcs: FakeGcs,  # noqa: F811
-                                                    gcs_bucket,  # noqa: F811
+def test_incomplete_service_account_json_is_refused(fake_gcs: FakeGcs,
+                                                    gcs_bucket,
                                                     mounts: CredMounts) -> None:
     creds = Credentials(kind="gcs_service_account",
                         gcs_credentials_json=json.dumps({"type": "service_account"}))
@@ -98,8 +99,8 @@ def test_incomplete_service_account_json_is_refused(fake_gcs: FakeGcs,  # noqa: 
 
 
 def test_workload_identity_with_the_pod_token_mounts(issuer: OidcIssuer,
-                                                     fake_gcs: FakeGcs,  # noqa: F811
-                                                     gcs, gcs_bucket,  # noqa: F811
+                                                     fake_gcs: FakeGcs,
+                                                     gcs, gcs_bucket,
                                                      mounts: CredMounts) -> None:
     gcs.bucket(gcs_bucket).blob("w.txt").upload_from_string(b"wif")
     token = issuer.token(audience=WIF_AUDIENCE)
@@ -110,8 +111,8 @@ def test_workload_identity_with_the_pod_token_mounts(issuer: OidcIssuer,
 
 @pytest.mark.parametrize("kind", ["expired", "forged", "wrong-audience"])
 def test_workload_identity_refused_token_is_denied(issuer: OidcIssuer,
-                                                   fake_gcs: FakeGcs,  # noqa: F811
-                                                   gcs_bucket,  # noqa: F811
+                                                   fake_gcs: FakeGcs,
+                                                   gcs_bucket,
                                                    mounts: CredMounts, kind: str) -> None:
     token = {
         "expired": lambda: issuer.token(audience=WIF_AUDIENCE, lifetime=-30),
@@ -124,8 +125,8 @@ def test_workload_identity_refused_token_is_denied(issuer: OidcIssuer,
 
 
 def test_workload_identity_republish_reaches_a_live_mount(issuer: OidcIssuer,
-                                                          fake_gcs: FakeGcs,  # noqa: F811
-                                                          gcs, gcs_bucket,  # noqa: F811
+                                                          fake_gcs: FakeGcs,
+                                                          gcs, gcs_bucket,
                                                           mounts: CredMounts) -> None:
     """Access tokens last 1 s, so google-auth exchanges the pod token again on nearly every
     request. The first pod token expires after 8 s; only the republished mount keeps

@@ -6,6 +6,7 @@ started with an IAM config that trusts it for two roles. Every mount goes throug
 CLI with a 0600 credentials file, exactly as the node plugin starts it, and the server's
 environment holds no keys, so only the file can authenticate it.
 """
+# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -21,54 +22,11 @@ import botocore
 import pytest
 from botocore.config import Config
 
-from driver.devservers import SeaweedS3, wait_until
+from driver.devservers import wait_until
 from driver.volume import Credentials
 from tests.creds_helpers import CredMounts, remember, write_credentials
-from tests.oidc_issuer import OidcIssuer, allow, role_arn, seaweed_iam_config
-
-READER_SUB = "system:serviceaccount:default:reader"
-# SeaweedFS STS sessions last this long; the refresh test reads well past several of them.
-TOKEN_DURATION = 30
-
-
-class Env:
-    def __init__(self, issuer: OidcIssuer, server: SeaweedS3, suffix: str) -> None:
-        self.issuer = issuer
-        self.server = server
-        self.allowed = f"allowed-{suffix}"
-        self.listonly = f"listonly-{suffix}"
-        self.forbidden = f"forbidden-{suffix}"
-
-    def role_credentials(self, token: str, role: str = "reader") -> Credentials:
-        return Credentials(kind="web_identity", role_arn=role_arn(role),
-                           web_identity_token=token, sts_endpoint_url=self.server.endpoint,
-                           sts_region="us-east-1")
-
-    def flags(self, *extra: str) -> list[str]:
-        return [f"--endpoint-url={self.server.endpoint}", "--region=us-east-1", *extra]
-
-
-@pytest.fixture(scope="module")
-def sts_env() -> Iterator[Env]:
-    suffix = uuid.uuid4().hex[:8]
-    with OidcIssuer() as issuer:
-        allowed, listonly = f"allowed-{suffix}", f"listonly-{suffix}"
-        config = seaweed_iam_config(issuer.url, [
-            {"name": "reader", "sub": READER_SUB, "statements": [
-                allow(["s3:*"], allowed),
-                allow(["s3:ListBucket"], listonly),
-            ]},
-            {"name": "writer", "sub": "system:serviceaccount:default:writer",
-             "statements": [allow(["s3:*"], allowed)]},
-        ], token_duration=f"{TOKEN_DURATION}s")
-        remember(config["sts"]["signingKey"])
-        with SeaweedS3(iam_config=config) as server:
-            env = Env(issuer, server, suffix)
-            admin = server.client()
-            for bucket in (env.allowed, env.listonly, env.forbidden):
-                admin.create_bucket(Bucket=bucket)
-                admin.put_object(Bucket=bucket, Key="hello.txt", Body=b"hello " + bucket.encode())
-            yield env
+from tests.oidc_issuer import role_arn
+from tests.sts_fixtures import TOKEN_DURATION, Env, sts_env  # noqa: F401
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The filesystem over the native GCS backend: real FUSE mounts against fake-gcs-server."""
+# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F40
 MiB = 1024 * 1024
 
 
-def _put(gcs: storage.Client, bucket: str, key: str, data: bytes) -> None:  # noqa: F811
+def _put(gcs: storage.Client, bucket: str, key: str, data: bytes) -> None:
     gcs.bucket(bucket).blob(key).upload_from_string(data)
 
 
 @pytest.mark.parametrize("size", [0, 1, MiB + 1])
-def test_read_objects_of_any_size(gcs, gcs_bucket, gcs_mount, size: int) -> None:  # noqa: F811
+def test_read_objects_of_any_size(gcs, gcs_bucket, gcs_mount, size: int) -> None:
     data = os.urandom(size)
     _put(gcs, gcs_bucket, "obj.bin", data)
     mount = gcs_mount(gcs_bucket)
@@ -31,7 +32,7 @@ def test_read_objects_of_any_size(gcs, gcs_bucket, gcs_mount, size: int) -> None
     assert (mount / "obj.bin").read_bytes() == data
 
 
-def test_random_reads(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_random_reads(gcs, gcs_bucket, gcs_mount) -> None:
     data = os.urandom(3 * MiB + 17)
     _put(gcs, gcs_bucket, "r.bin", data)
     mount = gcs_mount(gcs_bucket)
@@ -41,7 +42,7 @@ def test_random_reads(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
             assert handle.read(length) == data[offset:offset + length]
 
 
-def test_listing_many_keys_across_pages(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_listing_many_keys_across_pages(gcs, gcs_bucket, gcs_mount) -> None:
     names = [f"f{index:05d}" for index in range(1203)]
     bucket = gcs.bucket(gcs_bucket)
     with ThreadPoolExecutor(8) as pool:
@@ -56,7 +57,7 @@ def test_listing_many_keys_across_pages(gcs, gcs_bucket, gcs_mount) -> None:  # 
     assert (mount / "many" / "sub").is_dir()
 
 
-def test_prefix_limits_the_mount(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_prefix_limits_the_mount(gcs, gcs_bucket, gcs_mount) -> None:
     _put(gcs, gcs_bucket, "outside.txt", b"no")
     _put(gcs, gcs_bucket, "team/a/inside.txt", b"yes")
     mount = gcs_mount(gcs_bucket, "--prefix=team/a/")
@@ -67,7 +68,7 @@ def test_prefix_limits_the_mount(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F
 
 
 @pytest.mark.parametrize("size", [0, 5, 20 * MiB + 3])
-def test_write_and_read_back(gcs, gcs_bucket, gcs_mount, size: int) -> None:  # noqa: F811
+def test_write_and_read_back(gcs, gcs_bucket, gcs_mount, size: int) -> None:
     """20 MiB is three 8 MiB parts: composed from temporary objects at close."""
     data = os.urandom(size)
     mount = gcs_mount(gcs_bucket)
@@ -81,7 +82,7 @@ def test_write_and_read_back(gcs, gcs_bucket, gcs_mount, size: int) -> None:  # 
     assert sorted(os.listdir(mount.path)) == ["dir"]
 
 
-def test_nothing_visible_until_close(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_nothing_visible_until_close(gcs, gcs_bucket, gcs_mount) -> None:
     mount = gcs_mount(gcs_bucket)
     with open(mount / "big.bin", "wb") as handle:
         handle.write(os.urandom(17 * MiB))  # two parts are uploaded before close
@@ -91,7 +92,7 @@ def test_nothing_visible_until_close(gcs, gcs_bucket, gcs_mount) -> None:  # noq
     assert gcs.bucket(gcs_bucket).get_blob("big.bin").size == 17 * MiB
 
 
-def test_unlink_needs_allow_delete(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_unlink_needs_allow_delete(gcs, gcs_bucket, gcs_mount) -> None:
     _put(gcs, gcs_bucket, "gone.txt", b"bye")
     refusing = gcs_mount(gcs_bucket)
     with pytest.raises(PermissionError):
@@ -102,14 +103,14 @@ def test_unlink_needs_allow_delete(gcs, gcs_bucket, gcs_mount) -> None:  # noqa:
     assert not (allowing / "gone.txt").exists()
 
 
-def test_overwrite_with_allow_overwrite(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_overwrite_with_allow_overwrite(gcs, gcs_bucket, gcs_mount) -> None:
     _put(gcs, gcs_bucket, "o.txt", b"old")
     mount = gcs_mount(gcs_bucket, "--allow-overwrite")
     (mount / "o.txt").write_bytes(b"new contents")
     assert gcs.bucket(gcs_bucket).blob("o.txt").download_as_bytes() == b"new contents"
 
 
-def test_rewrite_under_an_open_file_gives_eio(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_rewrite_under_an_open_file_gives_eio(gcs, gcs_bucket, gcs_mount) -> None:
     first = os.urandom(32 * MiB)  # far larger than what the first read prefetches
     _put(gcs, gcs_bucket, "v.bin", first)
     mount = gcs_mount(gcs_bucket, "--read-part-size=5MiB")
@@ -123,7 +124,7 @@ def test_rewrite_under_an_open_file_gives_eio(gcs, gcs_bucket, gcs_mount) -> Non
         assert raised.value.errno == errno.EIO
 
 
-def test_read_only_mount(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
+def test_read_only_mount(gcs, gcs_bucket, gcs_mount) -> None:
     _put(gcs, gcs_bucket, "r.txt", b"r")
     mount = gcs_mount(gcs_bucket, "--read-only")
     assert (mount / "r.txt").read_bytes() == b"r"
@@ -132,7 +133,7 @@ def test_read_only_mount(gcs, gcs_bucket, gcs_mount) -> None:  # noqa: F811
     assert raised.value.errno == errno.EROFS
 
 
-def test_missing_bucket_is_refused(fake_gcs: FakeGcs, tmp_path, cli) -> None:  # noqa: F811
+def test_missing_bucket_is_refused(fake_gcs: FakeGcs, tmp_path, cli) -> None:
     target = tmp_path / "mnt"
     target.mkdir()
     result = cli("mount", "no-such-bucket-x", str(target), "--provider=gcs",
@@ -142,8 +143,8 @@ def test_missing_bucket_is_refused(fake_gcs: FakeGcs, tmp_path, cli) -> None:  #
         "cloudbucket-csi: error: bucket no-such-bucket-x does not exist"
 
 
-def test_endpoint_url_works_without_emulator_variable(gcs, gcs_bucket,  # noqa: F811
-                                                      fake_gcs: FakeGcs, tmp_path,  # noqa: F811
+def test_endpoint_url_works_without_emulator_variable(gcs, gcs_bucket,
+                                                      fake_gcs: FakeGcs, tmp_path,
                                                       cli) -> None:
     _put(gcs, gcs_bucket, "e.txt", b"via endpoint-url")
     target = tmp_path / "mnt"
@@ -163,7 +164,7 @@ def test_endpoint_url_works_without_emulator_variable(gcs, gcs_bucket,  # noqa: 
 # -- the store itself (no FUSE): uploads, aborts and listings of pending uploads --------
 
 
-def test_store_abort_leaves_nothing(fake_gcs: FakeGcs, gcs, gcs_bucket) -> None:  # noqa: F811
+def test_store_abort_leaves_nothing(fake_gcs: FakeGcs, gcs, gcs_bucket) -> None:
     store = GcsStore(gcs_bucket, Credentials(), endpoint_url=fake_gcs.endpoint)
     upload = store.create_upload("k", UploadOptions())
     store.upload_part("k", upload, 1, b"a" * 1000, UploadOptions(checksum="crc32c"))
@@ -174,7 +175,7 @@ def test_store_abort_leaves_nothing(fake_gcs: FakeGcs, gcs, gcs_bucket) -> None:
     assert store.list_uploads("") == []
 
 
-def test_store_compose_more_than_32_parts(fake_gcs: FakeGcs, gcs_bucket) -> None:  # noqa: F811
+def test_store_compose_more_than_32_parts(fake_gcs: FakeGcs, gcs_bucket) -> None:
     store = GcsStore(gcs_bucket, Credentials(), endpoint_url=fake_gcs.endpoint)
     store.put("src", b"0123456789", UploadOptions())
     source = store.head("src")
