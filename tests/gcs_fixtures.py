@@ -19,6 +19,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,8 @@ def gcs_bucket(gcs: storage.Client) -> Iterator[str]:
     gcs.create_bucket(name)
     yield name
     bucket = gcs.bucket(name)
-    for blob in gcs.list_blobs(name):
-        blob.delete()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda blob: blob.delete(), gcs.list_blobs(name)))
     bucket.delete()
 
 

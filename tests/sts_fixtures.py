@@ -19,7 +19,7 @@ from tests.oidc_issuer import OidcIssuer, allow, role_arn, seaweed_iam_config
 
 READER_SUB = "system:serviceaccount:default:reader"
 # STS sessions last this long; the refresh test reads well past several of them.
-TOKEN_DURATION = 30
+TOKEN_DURATION = 15
 
 
 class Env:

@@ -157,12 +157,12 @@ def _read_fresh(mount_path: Path, admin, bucket: str, round_: int) -> bytes:
 
 def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
                                                          mounts: CredMounts) -> None:
-    """Two mounts start with a pod token that expires in 20 s; STS sessions last 30 s.
+    """Two mounts start with a pod token that expires before the first STS session does.
     One gets a republished token (the credentials file is atomically replaced), the other
     does not. Reads keep working on the first well past the first session's expiry; the
     second fails with EACCES once its session expires and its token can't renew it."""
     admin = sts_env.server.client()
-    first = sts_env.issuer.token(lifetime=20)
+    first = sts_env.issuer.token(lifetime=TOKEN_DURATION * 2 // 3)
     started = time.monotonic()
     live, cred_file = mounts.mount(sts_env.allowed, sts_env.role_credentials(first),
                                    sts_env.flags("--metadata-ttl=0"))
@@ -173,7 +173,7 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
     write_credentials(cred_file, sts_env.role_credentials(sts_env.issuer.token()))
 
     round_ = 0
-    deadline = started + 2.5 * TOKEN_DURATION
+    deadline = started + 3 * TOKEN_DURATION  # three STS sessions, two pod-token lifetimes
     while time.monotonic() < deadline:
         round_ += 1
         assert _read_fresh(live.path, admin, sts_env.allowed, round_) == \
