@@ -166,3 +166,22 @@ def test_workload_identity_republish_reaches_a_live_mount(issuer: OidcIssuer,
         wait_until(stale_denied, 20, "EACCES on the mount whose pod token expired")
     finally:
         issuer.access_token_lifetime = 3600
+
+
+def test_driver_identity_from_google_application_credentials(
+        issuer: OidcIssuer, fake_gcs: FakeGcs, gcs, gcs_bucket, mounts: CredMounts,
+        tmp_path: Path) -> None:
+    """No Secret: the driver's own GOOGLE_APPLICATION_CREDENTIALS (google.auth.default)."""
+    gcs.bucket(gcs_bucket).blob("d.txt").upload_from_string(b"driver")
+    key_file = tmp_path / "driver-key.json"
+    key_file.write_text(_service_account(issuer, trusted=True).gcs_credentials_json)
+    before = len(issuer.access_tokens)
+    mount, _ = mounts.mount(gcs_bucket, None, ["--provider=gcs"], env={
+        **_env(fake_gcs), "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
+    assert (mount / "d.txt").read_bytes() == b"driver"
+    assert len(issuer.access_tokens) > before
+    remember(*issuer.access_tokens)
+    key_file.write_text(_service_account(issuer, trusted=False).gcs_credentials_json)
+    line = mounts.refused(gcs_bucket, None, ["--provider=gcs"], env={
+        **_env(fake_gcs), "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
+    assert "denied" in line

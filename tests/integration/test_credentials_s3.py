@@ -200,3 +200,30 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
     finally:
         opened.close()
     assert "web identity token refused" in stale.log()
+
+
+# -- the driver's own identity (no Secret, no roleArn): the provider chain -------------
+
+
+def test_driver_identity_from_web_identity_env(sts_env: Env, mounts: CredMounts,
+                                               tmp_path: Path) -> None:
+    """IRSA on the driver's own service account: AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE
+    in the driver's environment, exchanged by boto3's standard chain."""
+    token_file = tmp_path / "driver-token"
+    token = sts_env.issuer.token()
+    remember(token)
+    token_file.write_text(token)
+    env = {"AWS_ROLE_ARN": role_arn("reader"), "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+           "AWS_ENDPOINT_URL_STS": sts_env.server.endpoint, "AWS_REGION": "us-east-1"}
+    mount, _ = mounts.mount(sts_env.allowed, None, sts_env.flags(), env=env)
+    assert (mount / "hello.txt").read_bytes().startswith(b"hello")
+    token_file.write_text(sts_env.issuer.token(lifetime=-5))
+    line = mounts.refused(sts_env.allowed, None, sts_env.flags(), env=env)
+    assert "denied" in line
+
+
+def test_driver_identity_from_env_keys(sts_env: Env, mounts: CredMounts) -> None:
+    env = {"AWS_ACCESS_KEY_ID": sts_env.server.access_key,
+           "AWS_SECRET_ACCESS_KEY": sts_env.server.secret_key}
+    mount, _ = mounts.mount(sts_env.allowed, None, sts_env.flags(), env=env)
+    assert (mount / "hello.txt").read_bytes().startswith(b"hello")
