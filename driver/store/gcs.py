@@ -71,7 +71,7 @@ def _translate(exc: BaseException, what: str) -> StoreError:
             return AccessDenied(message)
         if isinstance(exc, gexc.PreconditionFailed):
             return PreconditionFailed(message)
-        if isinstance(exc, gexc.ClientError):
+        if isinstance(exc, gexc.ClientError) and not isinstance(exc, gexc.TooManyRequests):
             return InvalidRequest(message)
         return StoreError(message)
     if isinstance(exc, google.auth.exceptions.TransportError | requests.ConnectionError |

@@ -89,6 +89,23 @@ def test_secret_with_session_token_mounts(sts_env: Env, mounts: CredMounts) -> N
     assert "denied" in mounts.refused(sts_env.allowed, without, sts_env.flags())
 
 
+@pytest.mark.parametrize("names", [
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),  # S3, R2 (with endpointUrl)
+    ("GOOGLE_ACCESS_KEY_ID", "GOOGLE_ACCESS_KEY_SECRET"),  # GCS HMAC through its S3 API
+])
+def test_secret_keys_reach_the_mount(sts_env: Env, mounts: CredMounts,
+                                     names: tuple[str, str]) -> None:
+    """A Secret's keys, parsed by volume_spec as the node plugin does, mount the bucket."""
+    from driver.volume import volume_spec
+
+    spec = volume_spec({"bucketName": sts_env.allowed, "endpointUrl": sts_env.server.endpoint,
+                        "region": "us-east-1"},
+                       secrets={names[0]: sts_env.server.access_key,
+                                names[1]: sts_env.server.secret_key})
+    mount, _ = mounts.mount(spec.bucket, spec.credentials, spec.options.to_args())
+    assert (mount / "hello.txt").read_bytes().startswith(b"hello")
+
+
 # -- role ARN: AssumeRoleWithWebIdentity with the pod's token ---------------------------
 
 
@@ -166,8 +183,8 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
     started = time.monotonic()
     live, cred_file = mounts.mount(sts_env.allowed, sts_env.role_credentials(first),
                                    sts_env.flags("--metadata-ttl=0"))
-    stale, _ = mounts.mount(sts_env.allowed, sts_env.role_credentials(first),
-                            sts_env.flags("--metadata-ttl=0"))
+    stale, stale_file = mounts.mount(sts_env.allowed, sts_env.role_credentials(first),
+                                     sts_env.flags("--metadata-ttl=0"))
     opened = open(stale / "hello.txt", "rb")  # noqa: SIM115 - read after expiry below
     # Republish: kubelet hands the node plugin a fresh token, which rewrites the file.
     write_credentials(cred_file, sts_env.role_credentials(sts_env.issuer.token()))
@@ -200,6 +217,9 @@ def test_republish_refreshes_credentials_of_a_live_mount(sts_env: Env,
     finally:
         opened.close()
     assert "web identity token refused" in stale.log()
+    # A late republish brings the stale mount back without a remount.
+    write_credentials(stale_file, sts_env.role_credentials(sts_env.issuer.token()))
+    assert _read_fresh(stale.path, admin, sts_env.allowed, 20_000) == b"round 20000"
 
 
 # -- the driver's own identity (no Secret, no roleArn): the provider chain -------------
