@@ -440,7 +440,7 @@ class Filesystem:
         inode.lookups += 1
         return fh, self.attributes(inode)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._handles.get(fh)
         if not isinstance(handle, FileHandle) or handle.prefetcher is None:
             raise FsError(errno.EBADF)

@@ -135,7 +135,7 @@ class FuseOperations(pyfuse3.Operations):
             fh, attrs = await self.fs.create(parent_inode, _name(name), flags)
         return pyfuse3.FileInfo(fh=fh, direct_io=self.direct_io), _entry(attrs)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         with translate:
             return await self.fs.read(fh, off, size)
 

@@ -75,7 +75,7 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     except RuntimeError as exc:
         ready(f"cannot mount at {mountpoint}: {exc}")
         return 1
-    raise_read_ahead(mount_device(mountpoint))
+    device = mount_device(mountpoint)
     signalled = False
 
     async def main() -> None:
@@ -94,6 +94,8 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
 
             async def announce_ready() -> None:
                 await trio.to_thread.run_sync(os.stat, mountpoint)
+                # Only now: the kernel resets read-ahead when it processes FUSE INIT.
+                raise_read_ahead(device)
                 log.info("mounted", mountpoint=mountpoint, fsname=fsname)
                 ready(None)
 

@@ -70,7 +70,7 @@ class Prefetcher:
         self._closed = False
         self.requests = 0
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> memoryview | bytes:
         length = min(length, self.size - offset)
         if length <= 0:
             return b""
@@ -86,7 +86,7 @@ class Prefetcher:
         elif offset >= self._highest > self._stream_start:
             self._window = min(self._window * 2, self.max_window)  # the reader keeps up
         self._schedule(end)
-        pieces: list[bytes] = []
+        pieces: list[memoryview] = []
         for part in list(self._parts):
             if part.end <= offset or part.start >= end:
                 continue
@@ -95,11 +95,11 @@ class Prefetcher:
                 self._reset(self._next)  # the next read starts a fresh stream
                 raise part.error
             lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
-            pieces.append(part.data if (lo, hi) == (0, len(part.data)) else part.data[lo:hi])
+            pieces.append(memoryview(part.data)[lo:hi])  # no copy; pyfuse3 takes buffers
         self._highest = max(self._highest, end)
         self._evict()
         self._schedule(self._highest)
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         if len(data) != length:  # pragma: no cover - a bug; never return short or mixed bytes
             raise AssertionError(f"prefetcher assembled {len(data)} of {length} bytes")
         return data

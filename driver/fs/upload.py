@@ -60,17 +60,23 @@ class Upload:
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
-    def _check(self) -> None:
+    async def _check(self) -> None:
+        """Raise EIO once anything has failed, aborting the upload the first time."""
+        if self._error is not None and not self.aborted:
+            await self.abort()
         if self.aborted:
-            raise FsError(errno.EIO, f"upload of {self.key} failed and was aborted")
-        if self._error is not None:
-            raise FsError(errno.EIO, f"upload of {self.key} failed: {self._error}")
+            reason = f": {self._error}" if self._error is not None else " and was aborted"
+            raise FsError(errno.EIO, f"upload of {self.key} failed{reason}")
 
     async def write(self, offset: int, data: bytes) -> int:
-        self._check()
+        await self._check()
         if offset != self.size:
-            raise FsError(errno.EINVAL, f"out-of-order write to {self.key}: offset {offset}, "
-                          f"expected {self.size}")
+            # The file can no longer be what the writer meant: fail the upload as a whole.
+            error = FsError(errno.EINVAL, f"out-of-order write to {self.key}: offset "
+                            f"{offset}, expected {self.size}")
+            self._error = error
+            await self.abort()
+            raise error
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
         self._buffer += data
@@ -100,7 +106,7 @@ class Upload:
         number = self._next_part
         self._next_part += 1
         await self._slots.acquire()  # back-pressure: wait for a free slot
-        self._check()
+        await self._check()
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
@@ -123,7 +129,7 @@ class Upload:
 
     async def commit(self) -> str:
         """Make everything written so far the object's content; return its ETag."""
-        self._check()
+        await self._check()
         if not self.dirty:
             assert self.etag is not None
             return self.etag
@@ -137,9 +143,7 @@ class Upload:
                 self._buffer.clear()
                 await self._send(chunk)
             await self._idle.wait()
-            if self._error is not None:
-                await self.abort()
-                raise FsError(errno.EIO, f"upload of {self.key} failed: {self._error}")
+            await self._check()
             parts = sorted(self._parts, key=lambda part: part.number)
             self.etag = await self._store_call(self.store.complete_upload, self.key,
                                                self._upload_id, parts)

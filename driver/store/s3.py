@@ -245,7 +245,9 @@ class S3Store:
             CopySourceRange=f"bytes={start}-{end - 1}", CopySourceIfMatch=source_etag,
             **self._payer,
         )
-        return PartResult(number, str(response["CopyPartResult"]["ETag"]))
+        result = response["CopyPartResult"]
+        # With a checksummed upload the copied part's checksum must be listed at completion.
+        return PartResult(number, str(result["ETag"]), result.get("ChecksumCRC32C"))
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartResult]) -> str:
         listed = []

@@ -1,0 +1,176 @@
+"""Read side of the filesystem through a real FUSE mount of a real SeaweedFS bucket."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from driver.mounts import mountinfo
+from tests.helpers import sha256_file
+
+MiB = 1024 * 1024
+
+
+def _pattern(size: int, seed: int = 7) -> bytes:
+    if size > 64 * MiB:
+        return os.urandom(size)
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.mark.parametrize("size", [0, 1, MiB + 1, 3 * 16 * MiB + 5])
+def test_byte_exact_sequential_and_random_reads(s3, bucket, mount, size):
+    data = _pattern(size)
+    s3.put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    mnt = mount(bucket)
+    path = mnt / "obj.bin"
+    assert os.stat(path).st_size == size
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    rng = random.Random(size)
+    with open(path, "rb", buffering=0) as handle:
+        for _ in range(50 if size else 1):
+            offset = rng.randrange(0, size + 1)
+            length = rng.choice([1, 4096, 128 * 1024, MiB + 3])
+            handle.seek(offset)
+            assert handle.read(length) == data[offset:offset + length]
+
+
+@pytest.mark.slow
+def test_one_gib_object_reads_byte_exact(s3, bucket, mount, tmp_path):
+    size = 1024 * MiB
+    source = tmp_path / "source.bin"
+    digest = hashlib.sha256()
+    block = _pattern(4 * MiB, seed=1)
+    with open(source, "wb") as out:
+        for i in range(size // len(block)):
+            chunk = i.to_bytes(8, "little") + block[8:]  # every block distinct
+            digest.update(chunk)
+            out.write(chunk)
+    s3.upload_file(str(source), bucket, "big.bin")
+    mnt = mount(bucket)
+    assert sha256_file(mnt / "big.bin") == digest.hexdigest()
+    rng = random.Random(3)
+    with open(mnt / "big.bin", "rb", buffering=0) as fuse_file, open(source, "rb") as local:
+        for _ in range(64):
+            offset = rng.randrange(0, size - 256 * 1024)
+            fuse_file.seek(offset)
+            local.seek(offset)
+            assert fuse_file.read(256 * 1024) == local.read(256 * 1024)
+    source.unlink()
+
+
+def test_directory_of_10000_keys_lists_completely(s3, bucket, mount):
+    keys = [f"many/file-{i:05d}.txt" for i in range(10_000)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
+    s3.put_object(Bucket=bucket, Key="many/sub/inner.txt", Body=b"y")
+    mnt = mount(bucket)
+    names = os.listdir(mnt / "many")
+    assert len(names) == 10_001
+    assert set(names) == {key.split("/")[1] for key in keys} | {"sub"}
+    # ls -l: every entry has attributes without a further round trip failing.
+    entries = list(os.scandir(mnt / "many"))
+    assert sum(1 for entry in entries if entry.is_file()) == 10_000
+    assert all(entry.stat().st_size == 1 for entry in entries if entry.is_file())
+
+
+def test_prefix_mount_sees_only_its_prefix(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="team-a/data/x.txt", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="team-a/readme", Body=b"r")
+    s3.put_object(Bucket=bucket, Key="team-b/secret.txt", Body=b"b")
+    s3.put_object(Bucket=bucket, Key="team-ab/other.txt", Body=b"c")
+    s3.put_object(Bucket=bucket, Key="root.txt", Body=b"d")
+    mnt = mount(bucket, "--prefix=team-a/")
+    assert sorted(os.listdir(mnt.path)) == ["data", "readme"]
+    assert (mnt / "data" / "x.txt").read_bytes() == b"a"
+    assert not (mnt / "team-b").exists()
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "secret.txt")
+    assert mountinfo.find(str(mnt.path)).source == f"cloudbucket:{bucket}/team-a/"
+
+
+def test_uid_gid_and_modes(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="d/f.txt", Body=b"z")
+    mnt = mount(bucket, "--uid=1234", "--gid=4321", "--file-mode=640", "--dir-mode=750")
+    for path, kind, mode in ((mnt / "d" / "f.txt", stat.S_IFREG, 0o640),
+                             (mnt / "d", stat.S_IFDIR, 0o750)):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_gid) == (1234, 4321)
+        assert stat.S_IFMT(info.st_mode) == kind
+        assert stat.S_IMODE(info.st_mode) == mode
+
+
+def test_rewrite_while_open_gives_eio_not_mixed_bytes(s3, bucket, mount):
+    # Larger than the prefetch window (4 x 16 MiB ahead), so the seek below must GET again.
+    old = _pattern(256 * MiB, seed=11)
+    s3.put_object(Bucket=bucket, Key="v.bin", Body=old)
+    mnt = mount(bucket)
+    with open(mnt / "v.bin", "rb", buffering=0) as handle:
+        assert handle.read(MiB) == old[:MiB]
+        s3.put_object(Bucket=bucket, Key="v.bin", Body=_pattern(256 * MiB, seed=12))
+        got = bytearray()
+        with pytest.raises(OSError) as caught:
+            handle.seek(200 * MiB)
+            while chunk := handle.read(MiB):
+                got += chunk
+        assert caught.value.errno == errno.EIO
+        assert bytes(got) == old[200 * MiB:200 * MiB + len(got)]
+
+
+def test_implicit_dirs_shadowing_and_invalid_names(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="clash", Body=b"file")
+    s3.put_object(Bucket=bucket, Key="clash/inner.txt", Body=b"inside")
+    s3.put_object(Bucket=bucket, Key="clash-a.txt", Body=b"neighbour")
+    s3.put_object(Bucket=bucket, Key="a/b/c/deep.txt", Body=b"deep")
+    s3.put_object(Bucket=bucket, Key="weird//double.txt", Body=b"hidden")
+    s3.put_object(Bucket=bucket, Key="dot/./x", Body=b"hidden")
+    s3.put_object(Bucket=bucket, Key="marker/", Body=b"")
+    mnt = mount(bucket)
+    assert sorted(os.listdir(mnt.path)) == ["a", "clash", "clash-a.txt", "dot", "marker", "weird"]
+    assert (mnt / "clash").is_dir()  # the directory shadows the object
+    assert os.listdir(mnt / "clash") == ["inner.txt"]
+    assert (mnt / "a" / "b" / "c" / "deep.txt").read_bytes() == b"deep"
+    assert os.listdir(mnt / "weird") == []
+    assert os.listdir(mnt / "dot") == []
+    assert os.listdir(mnt / "marker") == []
+
+
+def test_statfs(bucket, mount):
+    mnt = mount(bucket)
+    info = os.statvfs(mnt.path)
+    assert info.f_bavail > 0 and info.f_namemax == 255
+
+
+def test_read_only_mount(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="keep.txt", Body=b"k")
+    mnt = mount(bucket, "--read-only", "--allow-delete")
+    assert "ro" in mountinfo.find(str(mnt.path)).options.split(",")
+    write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    for action in (lambda: os.open(mnt / "new.txt", write_flags),
+                   lambda: os.unlink(mnt / "keep.txt"), lambda: os.mkdir(mnt / "d"),
+                   lambda: os.open(mnt / "keep.txt", write_flags)):
+        with pytest.raises(OSError) as caught:
+            action()
+        assert caught.value.errno == errno.EROFS
+    assert (mnt / "keep.txt").read_bytes() == b"k"
+
+
+def test_metadata_ttl(s3, bucket, mount):
+    from driver.devservers import wait_until
+
+    short = mount(bucket)  # minimal TTL: changes by others show up within about a second
+    forever = mount(bucket, "--metadata-ttl=indefinite")
+    assert not (short / "late.txt").exists()
+    assert not (forever / "late.txt").exists()
+    s3.put_object(Bucket=bucket, Key="late.txt", Body=b"late")
+    wait_until(lambda: (short / "late.txt").exists(), 10, "the new object on the short-TTL mount")
+    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"v1")
+    assert os.stat(forever / "cached.txt").st_size == 2
+    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"version2")
+    s3.get_object(Bucket=bucket, Key="cached.txt")  # the store has moved on...
+    assert os.stat(forever / "cached.txt").st_size == 2  # ...the indefinite cache has not

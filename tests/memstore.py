@@ -1,0 +1,134 @@
+"""An in-memory ObjectStore for unit tests, with fault injection. Never a proof of S3."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+
+from driver.store.base import (
+    BucketNotFound,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    PartResult,
+    PreconditionFailed,
+    StoreError,
+    UploadOptions,
+)
+
+
+class MemoryStore:
+    def __init__(self, bucket: str = "mem") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, bytes] = {}
+        self.uploads: dict[str, tuple[str, dict[int, bytes]]] = {}
+        self.calls: list[str] = []
+        self.fail: Callable[[str], bool] = lambda op: False
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def _op(self, name: str) -> None:
+        with self._lock:
+            self.calls.append(name)
+        if self.fail(name):
+            raise StoreError(f"injected failure in {name}")
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)  # bytes cache their hash: repeated ETags are cheap
+    def _etag(data: bytes) -> str:
+        return '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - an ETag, not security
+
+    def check_bucket(self) -> str | None:
+        self._op("check_bucket")
+        if self.bucket == "missing":
+            raise BucketNotFound("no bucket")
+        return "mem-region"
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self._op("head")
+        data = self.objects.get(key)
+        return None if data is None else ObjectInfo(key, len(data), self._etag(data))
+
+    def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+                  max_keys: int = 1000, start_after: str | None = None) -> ListPage:
+        self._op("list")
+        entries: list[tuple[str, ObjectInfo | None]] = []
+        seen_prefixes: set[str] = set()
+        for key in sorted(self.objects):
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if delimiter and delimiter in rest:
+                common = prefix + rest.split(delimiter, 1)[0] + delimiter
+                if common not in seen_prefixes:
+                    seen_prefixes.add(common)
+                    entries.append((common, None))
+            else:
+                data = self.objects[key]
+                entries.append((key, ObjectInfo(key, len(data), self._etag(data))))
+        start = int(token or 0)
+        page = entries[start:start + max_keys]
+        next_token = str(start + max_keys) if start + max_keys < len(entries) else None
+        return ListPage([info for _, info in page if info is not None],
+                        [key for key, info in page if info is None], next_token)
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        self._op("get")
+        data = self.objects.get(key)
+        if data is None:
+            raise NotFound(key)
+        if etag and self._etag(data) != etag:
+            raise PreconditionFailed(key)
+        return data[start:end]
+
+    def put(self, key: str, data: bytes, options: UploadOptions) -> str:
+        self._op("put")
+        self.objects[key] = bytes(data)
+        return self._etag(data)
+
+    def create_upload(self, key: str, options: UploadOptions) -> str:
+        self._op("create_upload")
+        upload_id = str(next(self._ids))
+        self.uploads[upload_id] = (key, {})
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+                    options: UploadOptions) -> PartResult:
+        self._op("upload_part")
+        self.uploads[upload_id][1][number] = bytes(data)
+        return PartResult(number, self._etag(bytes(data)))
+
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
+                         start: int, end: int, source_etag: str) -> PartResult:
+        self._op("upload_part_copy")
+        data = self.get_range(source_key, start, end, source_etag)
+        self.uploads[upload_id][1][number] = data
+        return PartResult(number, self._etag(data))
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartResult]) -> str:
+        self._op("complete_upload")
+        _, stored = self.uploads.pop(upload_id)
+        data = b"".join(stored[part.number] for part in parts)
+        self.objects[key] = data
+        return self._etag(data)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self._op("abort_upload")
+        self.uploads.pop(upload_id, None)
+
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        return [(key, upload_id) for upload_id, (key, _) in self.uploads.items()
+                if key.startswith(prefix)]
+
+    def delete(self, key: str) -> None:
+        self._op("delete")
+        self.objects.pop(key, None)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [key for key in self.objects if key.startswith(prefix)]
+        for key in keys:
+            del self.objects[key]
+        return len(keys)

@@ -1,0 +1,181 @@
+"""Prefetcher and Upload logic against an in-memory store (unit level; SeaweedFS proves them)."""
+
+from __future__ import annotations
+
+import errno
+import random
+from functools import partial
+
+import pytest
+import trio
+
+from driver.fs.errors import FsError
+from driver.fs.prefetch import MemoryBudget, Prefetcher
+from driver.fs.upload import Upload
+from driver.store.base import PreconditionFailed, StoreError, UploadOptions
+from tests.memstore import MemoryStore
+
+MiB = 1024 * 1024
+
+
+async def _run_sync(fn, *args):
+    return await trio.to_thread.run_sync(partial(fn, *args))
+
+
+def _prefetcher(nursery, store, key, budget, **kwargs):
+    data = store.objects[key]
+    etag = store.head(key).etag
+
+    async def fetch(start: int, end: int) -> bytes:
+        return await _run_sync(store.get_range, key, start, end, etag)
+
+    return Prefetcher(fetch, len(data), nursery.start_soon, budget, **kwargs)
+
+
+def test_sequential_read_grows_window_and_stays_in_budget():
+    store = MemoryStore()
+    store.objects["k"] = random.Random(1).randbytes(100 * MiB + 3)
+    budget = MemoryBudget(64 * MiB)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB, max_parallel=4,
+                              keep_behind=8 * MiB)
+            out = bytearray()
+            offset = 0
+            while chunk := await pre.read(offset, MiB):
+                out += chunk
+                offset += len(chunk)
+                assert budget.used <= budget.limit + 8 * MiB
+            assert bytes(out) == store.objects["k"]
+            # Doubling windows of up to 8 MiB: far fewer requests than 1 MiB reads.
+            assert pre.requests < 30
+            pre.close()
+            assert budget.used == 0
+
+    trio.run(main)
+
+
+def test_random_reads_are_exact_and_small():
+    store = MemoryStore()
+    store.objects["k"] = random.Random(2).randbytes(50 * MiB)
+    budget = MemoryBudget(64 * MiB)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
+            rng = random.Random(5)
+            for _ in range(200):
+                offset = rng.randrange(0, 50 * MiB)
+                length = rng.choice([1, 4096, 256 * 1024, 2 * MiB])
+                got = await pre.read(offset, length)
+                assert bytes(got) == store.objects["k"][offset:offset + length]
+            pre.close()
+
+    trio.run(main)
+
+
+def test_changed_object_raises_precondition_failed():
+    store = MemoryStore()
+    store.objects["k"] = b"a" * (40 * MiB)
+    budget = MemoryBudget(64 * MiB)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB, max_parallel=1)
+            assert await pre.read(0, 10) == b"a" * 10
+            store.objects["k"] = b"b" * (40 * MiB)
+            with pytest.raises(PreconditionFailed):
+                await pre.read(30 * MiB, 10)
+            pre.close()
+
+    trio.run(main)
+
+
+def _upload(store, nursery, part_size=5 * MiB, key="f"):
+    upload = Upload(store, key, UploadOptions(), run_sync=_run_sync, part_size=part_size,
+                    max_inflight=2)
+    upload.attach(nursery)
+    return upload
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB, 5 * MiB + 1, 17 * MiB])
+def test_upload_sizes(size):
+    store = MemoryStore()
+    data = random.Random(size).randbytes(size)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upload = _upload(store, nursery)
+            for offset in range(0, size, 300_000):
+                await upload.write(offset, data[offset:offset + 300_000])
+            await upload.commit()
+
+    trio.run(main)
+    assert store.objects["f"] == data
+    assert not store.uploads
+    assert ("put" in store.calls) == (size < 5 * MiB)
+
+
+def test_upload_failure_aborts_and_reports_eio():
+    store = MemoryStore()
+    store.fail = lambda op: op == "upload_part" and store.calls.count("upload_part") == 2
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upload = _upload(store, nursery)
+            with pytest.raises(FsError) as caught:
+                for i in range(8):
+                    await upload.write(i * MiB * 2, b"x" * 2 * MiB)
+                await upload.commit()
+            assert caught.value.errno == errno.EIO
+
+    trio.run(main)
+    assert "f" not in store.objects
+    assert not store.uploads and "abort_upload" in store.calls
+
+
+def test_out_of_order_write_is_einval_and_abandons_upload():
+    store = MemoryStore()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upload = _upload(store, nursery)
+            await upload.write(0, b"x" * 6 * MiB)
+            with pytest.raises(FsError) as caught:
+                await upload.write(10, b"y")
+            assert caught.value.errno == errno.EINVAL
+            with pytest.raises(FsError):
+                await upload.commit()
+
+    trio.run(main)
+    assert not store.objects and not store.uploads
+
+
+@pytest.mark.parametrize("first", [10, 6 * MiB])
+def test_write_after_commit_continues_the_object(first):
+    store = MemoryStore()
+    a, b = b"a" * first, b"b" * (6 * MiB)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            upload = _upload(store, nursery)
+            await upload.write(0, a)
+            await upload.commit()
+            assert store.objects["f"] == a
+            await upload.write(len(a), b)
+            await upload.commit()
+
+    trio.run(main)
+    assert store.objects["f"] == a + b
+    assert ("upload_part_copy" in store.calls) == (first >= 5 * MiB)
+
+
+def test_store_errors_map_to_errno():
+    from driver.fs.errors import from_store
+    from driver.store.base import AccessDenied, NotFound
+
+    assert from_store(NotFound("x")).errno == errno.ENOENT
+    assert from_store(AccessDenied("x")).errno == errno.EACCES
+    assert from_store(PreconditionFailed("x")).errno == errno.EIO
+    assert from_store(StoreError("x")).errno == errno.EIO
