@@ -199,9 +199,12 @@ class Filesystem:
             nonlocal listing
             listing = await self._store(self.store.list_page, key + "/", "/", None, 1)
 
-        async with trio.open_nursery() as race:
-            race.start_soon(do_head)
-            race.start_soon(do_list)
+        try:
+            async with trio.open_nursery() as race:
+                race.start_soon(do_head)
+                race.start_soon(do_list)
+        except* FsError as group:  # both may fail alike (EACCES): report one, not EIO
+            raise group.exceptions[0] from None
         if listing is not None and (listing.objects or listing.prefixes):
             return self.inodes.upsert(parent, name, is_dir=True)
         if head is not None:
