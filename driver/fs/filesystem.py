@@ -33,7 +33,7 @@ from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
-from driver.store.base import ObjectInfo, ObjectStore, StoreError, UploadOptions
+from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, UploadOptions
 from driver.volume import MINIMAL_TTL, MountOptions
 
 log = structlog.get_logger()
@@ -189,15 +189,15 @@ class Filesystem:
                 return self._not_found(parent, name, cached)
         key = parent.key + name
         head: ObjectInfo | None = None
-        listing = None
+        beneath: ListPage | None = None  # the first key under "name/", if any
 
         async def do_head() -> None:
             nonlocal head
             head = await self._store(self.store.head, key)
 
         async def do_list() -> None:
-            nonlocal listing
-            listing = await self._store(self.store.list_page, key + "/", "/", None, 1)
+            nonlocal beneath
+            beneath = await self._store(self.store.list_page, key + "/", "/", None, 1)
 
         try:
             async with trio.open_nursery() as race:
@@ -205,7 +205,7 @@ class Filesystem:
                 race.start_soon(do_list)
         except* FsError as group:  # both may fail alike (EACCES): report one, not EIO
             raise group.exceptions[0] from None
-        if listing is not None and (listing.objects or listing.prefixes):
+        if beneath is not None and (beneath.objects or beneath.prefixes):
             return self.inodes.upsert(parent, name, is_dir=True)
         if head is not None:
             return self.inodes.upsert(parent, name, is_dir=False, size=head.size,
