@@ -1,0 +1,34 @@
+# End-to-end room: the e2e suite (e2e/) against a real cluster, kubelet driving the driver.
+#
+#   make e2e-local          build (cached under .cache/e2e) and start a single-node cluster
+#                           here (no kind, no registry), run the suite, tear it down by PID
+#   make e2e-local-build    only the builds: Kubernetes binaries, sidecars, images
+#   make e2e-local-up       start the local cluster and leave it running
+#   make e2e-local-down     stop it
+#   make e2e-kind           the same suite on kind (Docker + internet); DRY_RUN=1 prints
+#                           the commands instead
+#   make e2e-check          fast static check (also part of `make test`)
+
+E2E_CACHE := $(CACHE)/e2e
+K8S_VERSION ?= v1.33.13
+
+.PHONY: e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check
+
+e2e-local-build: install tools-helm image
+	e2e/local/build-k8s.sh $(E2E_CACHE)/k8s-$(K8S_VERSION) $(K8S_VERSION)
+	DRIVER_IMAGE=$(IMAGE) PY=$(PY) e2e/local/build-images.sh
+
+e2e-local: e2e-local-build
+	DRIVER_IMAGE=$(IMAGE) PY=$(CURDIR)/$(PY) K8S_VERSION=$(K8S_VERSION) e2e/local/run.sh
+
+e2e-local-up: e2e-local-build
+	K8S_VERSION=$(K8S_VERSION) e2e/local/cluster.sh up
+
+e2e-local-down:
+	e2e/local/cluster.sh down
+
+e2e-kind: install
+	PY=$(PY) DRIVER_IMAGE=$(IMAGE) e2e/kind/run.sh $(if $(DRY_RUN),--dry-run)
+
+e2e-check: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_e2e_static.py
