@@ -4,18 +4,21 @@ The suite talks to whatever cluster `KUBECONFIG` names, through the `kubernetes`
 and lets kubelet drive the driver. Everything specific to a kind of cluster comes from
 environment variables, set by `make e2e-local` (e2e/local/) or `make e2e-kind` (e2e/kind/):
 
-| variable | meaning | local default |
-|---|---|---|
-| `E2E_S3_ENDPOINT` | S3 URL as pods and the driver reach it; empty: the suite starts SeaweedFS itself on `E2E_S3_HOST` | empty |
-| `E2E_S3_LOCAL_ENDPOINT` | the same server as the suite reaches it | `E2E_S3_ENDPOINT` |
-| `E2E_S3_ACCESS_KEY`, `E2E_S3_SECRET_KEY` | its keys | the suite's own |
-| `E2E_S3_HOST` | address SeaweedFS binds when the suite starts it | 10.100.0.1 |
-| `E2E_OIDC_ISSUER`, `E2E_OIDC_CA` | the apiserver's service-account issuer and the CA its TLS chains to, trusted by SeaweedFS's STS | https://10.96.0.1, empty |
-| `E2E_HELM`, `E2E_CHART`, `E2E_VALUES` | helm binary, chart dir, values files (comma-separated) | `.cache/bin/helm`, the chart, `e2e/local/values.yaml` |
-| `E2E_RELEASE`, `E2E_DRIVER_NAMESPACE` | Helm release and namespace | cloudbucket-csi, kube-system |
-| `E2E_TEST_IMAGE` | workload image with a POSIX shell and coreutils/busybox | cloudbucket-e2e.local/busybox:e2e |
-| `E2E_NODE_EXEC` | command prefix that runs a command on the node (kind: `docker exec NODE`); empty: this machine is the node | empty |
-| `E2E_KUBELET_DIR` | kubelet's root dir on the node | /var/lib/kubelet |
+- `E2E_S3_ENDPOINT`: S3 URL as pods and the driver reach it; empty: the suite starts
+  SeaweedFS itself on `E2E_S3_HOST` (default 10.100.0.1, the local cluster's node address).
+- `E2E_S3_LOCAL_ENDPOINT`: the same server as the suite reaches it (default: the above).
+- `E2E_S3_ACCESS_KEY`, `E2E_S3_SECRET_KEY`: its keys (default: the suite's own server's).
+- `E2E_OIDC_ISSUER`, `E2E_OIDC_CA`: the apiserver's service-account issuer and the CA its
+  TLS chains to, trusted by SeaweedFS's STS (default https://10.96.0.1, none).
+- `E2E_HELM`, `E2E_CHART`, `E2E_VALUES` (comma-separated files): how the chart is installed
+  (default `.cache/bin/helm`, `charts/cloudbucket-csi`, `e2e/local/values.yaml`).
+- `E2E_RELEASE`, `E2E_DRIVER_NAMESPACE`: Helm release and namespace
+  (default cloudbucket-csi, kube-system).
+- `E2E_TEST_IMAGE`: workload image with a POSIX shell and busybox/coreutils
+  (default cloudbucket-e2e.local/busybox:e2e).
+- `E2E_NODE_EXEC`: command prefix that runs a command on the node (kind:
+  `docker exec NODE`); empty: this machine is the node.
+- `E2E_KUBELET_DIR`: kubelet's root directory on the node (default /var/lib/kubelet).
 """
 
 from __future__ import annotations

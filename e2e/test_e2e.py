@@ -3,6 +3,7 @@ pod sees and on what the bucket holds."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from driver.devservers import wait_until
 from e2e import harness
@@ -22,15 +24,14 @@ def pvs(cluster: Cluster) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        try:
+        with contextlib.suppress(ApiException):  # already gone
             cluster.core.delete_persistent_volume(name)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
 
 
 def static_volume(cluster: Cluster, settings: Settings, ns: str, pvs: list[str], bucket: str,
                   secret: tuple[str, str] | None, *, attributes: dict[str, str] | None = None,
-                  mount_options: list[str] | None = None, read_only: bool = False) -> dict[str, Any]:
+                  mount_options: list[str] | None = None,
+                  read_only: bool = False) -> dict[str, Any]:
     """A static PV + bound PVC; returns the pod volume that uses the claim."""
     pv = harness.unique("cbe2e-pv")
     attrs = {"bucketName": bucket, "endpointUrl": settings.s3_endpoint, **(attributes or {})}
@@ -75,7 +76,8 @@ def test_read_only_volume_refuses_writes(cluster, settings, s3, ns, bucket, keys
     code, out = cluster.exec(ns, "app", "echo nope > /data/new.txt")
     assert code != 0
     assert "read-only" in out.lower(), out
-    assert "new.txt" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "new.txt" not in keys
 
 
 # 3 -----------------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ def test_dynamic_provisioning_fresh_prefix_removed_with_pvc(cluster, settings, s
         cluster.pvc(ns, "claim", storage_class=sc)
         wait_until(lambda: cluster.core.read_namespaced_persistent_volume_claim(
             "claim", ns).status.phase == "Bound", 120, "PVC bound")
-        pv_name = cluster.core.read_namespaced_persistent_volume_claim("claim", ns).spec.volume_name
+        claim = cluster.core.read_namespaced_persistent_volume_claim("claim", ns)
+        pv_name = claim.spec.volume_name
         pv = cluster.core.read_persistent_volume(pv_name)
         prefix = pv.spec.csi.volume_attributes["keyPrefix"]
         assert prefix.startswith("dyn/") and pv_name in prefix, prefix
@@ -208,7 +211,8 @@ def test_dynamic_provisioning_fresh_prefix_removed_with_pvc(cluster, settings, s
 
         wait_until(prefix_gone, 120, f"prefix {prefix} and PV {pv_name} removed")
         # Only that prefix: the neighbour is untouched.
-        assert s3.get_object(Bucket=bucket, Key="dyn/other-volume/keep.txt")["Body"].read() == b"keep"
+        kept = s3.get_object(Bucket=bucket, Key="dyn/other-volume/keep.txt")["Body"].read()
+        assert kept == b"keep"
     finally:
         cluster.storage.delete_storage_class(sc)
 
