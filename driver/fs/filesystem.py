@@ -288,8 +288,9 @@ class Filesystem:
             name = key[len(parent.key):]
             if info is None:
                 name = name[:-1]
-                if handle.held_files and handle.held_files[-1].key == key[:-1]:
-                    handle.held_files.pop()  # the directory shadows the file
+                # The directory shadows a file of the same name; names such as "x-a"
+                # sort between "x" and "x/", so the file is not necessarily the last held.
+                handle.held_files = [f for f in handle.held_files if f.key != key[:-1]]
                 if valid_name(name):
                     self._emit(handle, name, self.inodes.upsert(parent, name, is_dir=True))
             elif valid_name(name):
@@ -306,6 +307,8 @@ class Filesystem:
 
     def _emit_file(self, handle: DirHandle, info: ObjectInfo) -> None:
         name = info.key[len(handle.inode.key):]
+        if name in handle.emitted:
+            return  # a directory of this name was listed already and shadows it
         current = self.inodes.child(handle.inode.ino, name)
         if current is not None and current.writer is not None:
             self._emit(handle, name, current)  # being written: show the local size
