@@ -43,7 +43,7 @@ archive livenessprobe "$REPO/livenessprobe:$SIDECAR_TAG" \
 archive csi-provisioner "$REPO/csi-provisioner:$SIDECAR_TAG" \
   --entrypoint /csi-provisioner --file /csi-provisioner="$bin_dir/csi-provisioner"
 links=()
-for applet in $(/bin/busybox --list); do links+=(--symlink "/bin/$applet=busybox"); done
+for applet in $(/bin/busybox --list | grep -vx busybox); do links+=(--symlink "/bin/$applet=busybox"); done
 archive busybox "$REPO/busybox:e2e" --entrypoint /bin/sh --file /bin/busybox=/bin/busybox "${links[@]}"
 
 if [ -z "${NO_DRIVER_IMAGE:-}" ]; then

@@ -9,10 +9,10 @@
 #
 # Network: everything lives in a network namespace of its own (`cbe2e`) entered with
 # `nsenter --net` only, so the mount namespace stays the host's (kubelet, containerd and the
-# CSI driver must see each other's mounts). Inside it: a dummy interface holding the node
+# CSI driver must see each other's mounts). Inside it: a port-less bridge `cbe2e0` (no dummy driver in this kernel) holding the node
 # address 10.100.0.1 and the `kubernetes` Service address 10.96.0.1, on which kube-apiserver
 # listens at :443, so pods reach the apiserver without kube-proxy; the default route points
-# at that dummy interface, so nothing can leave the namespace. Pods get 10.88.0.0/24 on the
+# at that bridge, so nothing can leave the namespace. Pods get 10.88.0.0/24 on the
 # bridge `cni0` (CNI bridge + host-local from Debian's containernetworking-plugins).
 #
 # Binaries: kube-* and kubelet from build-k8s.sh ($K8S_BIN); etcd, containerd, runc and the
@@ -111,11 +111,11 @@ network() {
   fi
   ip -n $NETNS link set lo up
   if ! ip -n $NETNS link show cbe2e0 >/dev/null 2>&1; then
-    ip -n $NETNS link add cbe2e0 type dummy
+    ip -n $NETNS link add cbe2e0 type bridge
     ip -n $NETNS addr add $NODE_IP/32 dev cbe2e0
     ip -n $NETNS addr add $API_IP/32 dev cbe2e0
     ip -n $NETNS link set cbe2e0 up
-    # A default route into the dummy device: kubelet wants one, and packets for any other
+    # A default route into that port-less bridge: kubelet wants one, and packets for any other
     # address are dropped there.
     ip -n $NETNS route add default dev cbe2e0
   fi
@@ -319,6 +319,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  runtime) mkdir -p "$RUN"; network; containerd_up ;;  # network + containerd only (debugging)
   exec) shift; KUBECONFIG=$KUBECONFIG_FILE in_ns "$@" ;;
   kubectl) shift; kubectl "$@" ;;
   *) echo "usage: $0 up|down|status|exec CMD...|kubectl ARGS..." >&2; exit 2 ;;

@@ -21,7 +21,7 @@ def layer_tar(files: dict[str, Path], links: dict[str, str] | None = None) -> by
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs: set[str] = set()
-        for dest in sorted([*files, *links]):
+        for dest in sorted({*files, *links}):
             parts = dest.strip("/").split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 d = "/".join(parts[:i])
@@ -30,7 +30,7 @@ def layer_tar(files: dict[str, Path], links: dict[str, str] | None = None) -> by
                     info = tarfile.TarInfo(d)
                     info.type, info.mode = tarfile.DIRTYPE, 0o755
                     tar.addfile(info)
-            if dest in links:
+            if dest in links and dest not in files:  # a file wins over a same-named link
                 info = tarfile.TarInfo(dest.strip("/"))
                 info.type, info.linkname = tarfile.SYMTYPE, links[dest]
                 tar.addfile(info)
