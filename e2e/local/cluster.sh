@@ -268,6 +268,7 @@ stop_pid() {
 }
 
 down() {
+  set +e  # tear down as much as there is, whatever fails on the way
   if [ -S "$CTR_SOCK" ] && [ -f "$RUN/kubelet.pid" ]; then
     # Pods first, while kubelet and the CSI driver can still unpublish their volumes.
     kubectl delete pods --all --all-namespaces --grace-period=5 --timeout=60s >/dev/null 2>&1 || true
