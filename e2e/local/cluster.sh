@@ -190,8 +190,7 @@ control_plane_up() {
     --authorization-kubeconfig="$RUN/controller-manager.kubeconfig" \
     --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
     --use-service-account-credentials=true --leader-elect=false --bind-address=127.0.0.1 \
-    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --controllers='*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' --v=1
+    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" --v=1
   start kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig="$RUN/scheduler.kubeconfig" \
     --authentication-kubeconfig="$RUN/scheduler.kubeconfig" \
@@ -202,6 +201,12 @@ control_plane_up() {
 kubelet_up() {
   local pki=$RUN/pki
   mkdir -p "$KUBELET_DIR"
+  # Bidirectional mount propagation (the node plugin's mounts reaching pods) needs kubelet's
+  # directory on a shared mount; this machine's / is private.
+  if ! awk '{print $5}' /proc/self/mountinfo | grep -qx "$KUBELET_DIR"; then
+    mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
+    mount --make-rshared "$KUBELET_DIR"
+  fi
   cat >"$RUN/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
