@@ -328,15 +328,17 @@ class Cluster:
                       tty=False, _preload_content=False)
         out: list[str] = []
         deadline = time.monotonic() + timeout
-        while resp.is_open():
-            if time.monotonic() > deadline:
-                resp.close()
-                raise TimeoutError(f"exec in {namespace}/{name} took over {timeout}s: {script}")
-            resp.update(timeout=1)
+        while True:
             if resp.peek_stdout():
                 out.append(resp.read_stdout())
             if resp.peek_stderr():
                 out.append(resp.read_stderr())
+            if not resp.is_open():
+                break
+            if time.monotonic() > deadline:
+                resp.close()
+                raise TimeoutError(f"exec in {namespace}/{name} took over {timeout}s: {script}")
+            resp.update(timeout=1)
         resp.close()
         code = resp.returncode
         return (code if code is not None else -1), "".join(out)
@@ -373,8 +375,9 @@ def node_fuse_servers(settings: Settings) -> list[str]:
     """Command lines of the `cloudbucket-csi mount` processes on the node."""
     out = node_run(settings, "sh", "-c",
                    "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done")
-    return [line for line in out.splitlines() if "cloudbucket-csi mount" in line
-            or "driver.cli mount" in line]
+    # The mounter starts `python -m driver mount ...`; the CLI is `cloudbucket-csi mount ...`.
+    return [line for line in out.splitlines()
+            if "cloudbucket-csi mount " in line or "-m driver mount " in line]
 
 
 @contextlib.contextmanager

@@ -143,6 +143,9 @@ state = "$CTR_STATE"
   address = "$CTR_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
+  # No CAP_SYS_RESOURCE in this machine's bounding set: runc cannot lower oom_score_adj
+  # below containerd's own (the sandbox asks for -998), so clamp it as rootless setups do.
+  restrict_oom_score_adj = true
   enable_cdi = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -182,6 +185,7 @@ control_plane_up() {
     --service-account-issuer=https://$API_IP \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --kubelet-preferred-address-types=InternalIP \
     --allow-privileged=true --anonymous-auth=true --profiling=false --v=1
   wait_for kube-apiserver 180 kubectl get --raw /readyz
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
