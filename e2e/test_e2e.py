@@ -68,11 +68,16 @@ def test_static_pv_write_read_reaches_bucket(cluster, settings, s3, ns, bucket, 
 # 2 -----------------------------------------------------------------------------------------
 def test_read_only_volume_refuses_writes(cluster, settings, s3, ns, bucket, keys_secret, pvs):
     s3.put_object(Bucket=bucket, Key="existing.txt", Body=b"read me")
-    volume = static_volume(cluster, settings, ns, pvs, bucket, keys_secret, read_only=True)
+    # The driver's own readOnly attribute (the pod's volumeMount stays read-write, so it
+    # is the driver's mount that refuses the write).
+    volume = static_volume(cluster, settings, ns, pvs, bucket, keys_secret,
+                           attributes={"readOnly": "true"})
     cluster.pod(ns, "app", volume)
     cluster.wait_running(ns, "app")
 
     assert cluster.exec(ns, "app", "cat /data/existing.txt") == (0, "read me")
+    code, out = cluster.exec(ns, "app", "grep ' /data ' /proc/mounts")
+    assert code == 0 and " ro," in out, out
     code, out = cluster.exec(ns, "app", "echo nope > /data/new.txt")
     assert code != 0
     assert "read-only" in out.lower(), out
