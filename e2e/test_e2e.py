@@ -286,7 +286,7 @@ def test_read_survives_node_plugin_restart(cluster, settings, s3, ns, bucket, ke
     volume = static_volume(cluster, settings, ns, pvs, bucket, keys_secret)
     # A slow reader: one MiB at a time with a pause, so the read spans the disruption.
     reader = (
-        "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo reading; "
+        "while [ ! -e /dev/shm/go ]; do sleep 0.2; done; echo reading; "
         f"(i=0; while [ $i -lt {BIG_MIB} ]; do dd if=/data/big.bin bs=1048576 skip=$i count=1 "
         "2>/dev/null || echo READ-ERROR >&2; i=$((i+1)); sleep 0.3; done) | sha256sum; "
         "echo finished; sleep 3600")
@@ -294,7 +294,7 @@ def test_read_survives_node_plugin_restart(cluster, settings, s3, ns, bucket, ke
     cluster.wait_running(ns, "reader")
     before = {p.metadata.uid for p in cluster.driver_pods("node")}
     assert before, "no node-plugin pod found"
-    assert cluster.exec(ns, "reader", "touch /tmp/go")[0] == 0
+    assert cluster.exec(ns, "reader", "touch /dev/shm/go")[0] == 0
     wait_until(lambda: "reading" in cluster.pod_logs(ns, "reader"), 30, "the read to start")
 
     if disruption == "delete-node-plugin":
