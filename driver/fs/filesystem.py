@@ -33,12 +33,15 @@ from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
-from driver.store.base import ObjectInfo, ObjectStore, StoreError, UploadOptions
-from driver.volume import MountOptions
+from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, UploadOptions
+from driver.volume import MINIMAL_TTL, MountOptions
 
 log = structlog.get_logger()
 NAME_MAX = 255
 BLOCK = 512
+# A directory that fits in one LIST page is listed once per metadata TTL and its entries
+# are looked up from that listing (rclone's directory cache, bounded to small directories).
+LISTING_CACHE_MAX = 1000
 
 
 def valid_name(name: str) -> bool:
@@ -109,6 +112,7 @@ class Filesystem:
             sse_kms_key_id=options.sse_kms_key_id,
             checksum=None if options.upload_checksums == "off" else options.upload_checksums)
         self._uploads: set[Upload] = set()
+        self._listing_inflight: dict[int, trio.Event] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -165,33 +169,50 @@ class Filesystem:
         inode.lookups += 1
         return self.attributes(inode)
 
-    async def _resolve(self, parent: Inode, name: str) -> Inode:
+    async def _resolve(self, parent: Inode, name: str, use_caches: bool = True) -> Inode:
         cached = self.inodes.child(parent.ino, name)
         if cached is not None and (self._fresh(cached) or cached.writer is not None):
             return cached
-        negative_until = self._negative.get((parent.ino, name))
-        if negative_until is not None and time.monotonic() < negative_until:
-            raise FsError(errno.ENOENT)
+        if use_caches:
+            negative_until = self._negative.get((parent.ino, name))
+            if negative_until is not None and time.monotonic() < negative_until:
+                raise FsError(errno.ENOENT)
+            listing = await self._cached_listing(parent)
+            if listing is not None:
+                if name in listing:
+                    info = listing[name]
+                    if info is None:
+                        return self.inodes.upsert(parent, name, is_dir=True)
+                    assert isinstance(info, ObjectInfo)
+                    return self.inodes.upsert(parent, name, is_dir=False, size=info.size,
+                                              etag=info.etag, mtime=_timestamp(info))
+                return self._not_found(parent, name, cached)
         key = parent.key + name
         head: ObjectInfo | None = None
-        listing = None
+        beneath: ListPage | None = None  # the first key under "name/", if any
 
         async def do_head() -> None:
             nonlocal head
             head = await self._store(self.store.head, key)
 
         async def do_list() -> None:
-            nonlocal listing
-            listing = await self._store(self.store.list_page, key + "/", "/", None, 1)
+            nonlocal beneath
+            beneath = await self._store(self.store.list_page, key + "/", "/", None, 1)
 
-        async with trio.open_nursery() as race:
-            race.start_soon(do_head)
-            race.start_soon(do_list)
-        if listing is not None and (listing.objects or listing.prefixes):
+        try:
+            async with trio.open_nursery() as race:
+                race.start_soon(do_head)
+                race.start_soon(do_list)
+        except* FsError as group:  # both may fail alike (EACCES): report one, not EIO
+            raise group.exceptions[0] from None
+        if beneath is not None and (beneath.objects or beneath.prefixes):
             return self.inodes.upsert(parent, name, is_dir=True)
         if head is not None:
             return self.inodes.upsert(parent, name, is_dir=False, size=head.size,
                                       etag=head.etag, mtime=_timestamp(head))
+        return self._not_found(parent, name, cached)
+
+    def _not_found(self, parent: Inode, name: str, cached: Inode | None) -> Inode:
         if cached is not None and cached.local:
             return cached
         if cached is not None:
@@ -201,6 +222,51 @@ class Filesystem:
         if len(self._negative) > 100_000:
             self._negative.clear()
         raise FsError(errno.ENOENT)
+
+    async def _cached_listing(self, parent: Inode) -> dict[str, object] | None:
+        """The parent's whole listing if it fits one page, from cache within the TTL.
+
+        A listing lives at most MINIMAL_TTL even under longer TTLs: names already looked up
+        keep their own (longer) TTL on their inodes, and a new object must not stay hidden
+        behind an old listing."""
+        ttl = min(self.options.metadata_ttl, MINIMAL_TTL)
+        if ttl <= 0:
+            return None
+        now = time.monotonic()
+        if parent.listing is not None and now - parent.listed_at < ttl:
+            return parent.listing
+        if parent.too_big_to_cache_until > now:
+            return None
+        inflight = self._listing_inflight.get(parent.ino)
+        if inflight is not None:  # another lookup is listing this directory: share it
+            await inflight.wait()
+            fresh = parent.listing is not None and time.monotonic() - parent.listed_at < ttl
+            return parent.listing if fresh else None
+        done = self._listing_inflight[parent.ino] = trio.Event()
+        try:
+            page = await self._store(self.store.list_page, parent.key, "/", None,
+                                     LISTING_CACHE_MAX)
+        finally:
+            del self._listing_inflight[parent.ino]
+            done.set()
+        if page.next_token is not None:
+            parent.listing = None
+            parent.too_big_to_cache_until = now + max(ttl, 60.0)
+            return None
+        listing: dict[str, object] = {}
+        for info in page.objects:
+            if valid_name(file_name := info.key[len(parent.key):]):
+                listing[file_name] = info
+        for prefix in page.prefixes:
+            if valid_name(dir_name := prefix[len(parent.key):-1]):
+                listing[dir_name] = None  # the directory shadows a file of the same name
+        parent.listing, parent.listed_at = listing, now
+        return listing
+
+    def _invalidate_listing(self, ino: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is not None:
+            inode.listing = None
 
     async def getattr(self, ino: int) -> Attributes:
         inode = self._inode(ino)
@@ -333,12 +399,14 @@ class Filesystem:
             raise FsError(errno.EEXIST)
         inode = self.inodes.upsert(parent, name, is_dir=True, local=True)
         inode.lookups += 1
+        self._invalidate_listing(parent.ino)
         return self.attributes(inode)
 
     async def _maybe_resolve(self, parent: Inode, name: str) -> Inode | None:
+        """Before a mutation: ask the store itself, not the lookup caches."""
         self._negative.pop((parent.ino, name), None)
         try:
-            return await self._resolve(parent, name)
+            return await self._resolve(parent, name, use_caches=False)
         except FsError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -361,6 +429,7 @@ class Filesystem:
         if not inode.local:
             raise FsError(errno.ENOENT)
         self.inodes.remove_name(inode)
+        self._invalidate_listing(parent.ino)
 
     # ------------------------------------------------------------------ files
 
@@ -484,11 +553,14 @@ class Filesystem:
         self._mark_parents_remote(inode)
 
     def _mark_parents_remote(self, inode: Inode) -> None:
-        """Once an object exists beneath them, mkdir'd directories are real prefixes."""
+        """Once an object exists beneath them, mkdir'd directories are real prefixes; the
+        cached listings that did not know them are dropped."""
+        self._invalidate_listing(inode.parent)
         parent = self.inodes.get(inode.parent)
         while parent is not None and parent.ino != ROOT_INODE and parent.local:
             parent.local = False
             parent.validated = time.monotonic()
+            self._invalidate_listing(parent.parent)
             parent = self.inodes.get(parent.parent)
 
     async def release(self, fh: int) -> None:
@@ -535,6 +607,7 @@ class Filesystem:
             raise FsError(errno.EBUSY, f"{inode.key} is being written")
         await self._store(self.store.delete, inode.key)
         self.inodes.remove_name(inode)
+        self._invalidate_listing(parent.ino)
 
     async def refuse(self, operation: str, code: int = errno.ENOTSUP) -> None:
         """rename, symlink, link and the like: not possible on an object store."""

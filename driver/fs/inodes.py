@@ -30,6 +30,11 @@ class Inode:
     open_handles: int = 0
     unlinked: bool = False
     writer: object | None = None  # the Upload writing this file, if any
+    # A directory's whole listing (name -> object, or None for a subdirectory), kept for
+    # the metadata TTL so lookups of its entries need no request of their own.
+    listing: dict[str, object] | None = None
+    listed_at: float = 0.0
+    too_big_to_cache_until: float = 0.0
 
 
 class InodeTable:

@@ -46,6 +46,7 @@ class _Part:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes = b""
     error: BaseException | None = None
+    dropped: bool = False
 
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
@@ -80,11 +81,14 @@ class Prefetcher:
             if self._parts and self._next < offset <= self._next + self.part_size:
                 self._next = offset  # a short skip forward: keep the stream, leave a hole
             else:
-                self._reset(offset, length)
+                self._reset(offset)
         elif reach < end and reach != self._next:
-            self._reset(offset, length)  # a hole inside the range: start over here
-        elif offset >= self._highest > self._stream_start:
-            self._window = min(self._window * 2, self.max_window)  # the reader keeps up
+            self._reset(offset)  # a hole inside the range: start over here
+        elif offset >= self._highest >= self._stream_start + self._window:
+            # The reader consumed a whole window in order: widen it. Counting consumed
+            # bytes, not reads, keeps the kernel's own read-ahead after a random read
+            # from inflating the window.
+            self._window = min(max(self._window * 2, FIRST_REQUEST), self.max_window)
         self._schedule(end)
         pieces: list[memoryview] = []
         for part in list(self._parts):
@@ -114,13 +118,22 @@ class Prefetcher:
                 break
         return reach
 
-    def _reset(self, offset: int, first_read: int = FIRST_REQUEST) -> None:
-        for part in self._parts:
+    def _drop(self, part: _Part) -> None:
+        """Forget a part; its memory is released once its GET is no longer running."""
+        if part.done.is_set():
             self._budget.release(part.end - part.start)
+            part.data = b""
+        else:
+            part.dropped = True  # _run releases it when the download ends
+
+    def _reset(self, offset: int) -> None:
+        for part in self._parts:
+            self._drop(part)
         self._parts.clear()
         self._next = self._highest = self._stream_start = offset
-        # A fresh stream asks for little: a random reader should not pay for read-ahead.
-        self._window = FIRST_REQUEST if offset == 0 else max(first_read, 128 * 1024)
+        # A stream that starts mid-file may be a random reader: fetch only what is asked
+        # until a second read in order shows a stream (then the window starts to grow).
+        self._window = FIRST_REQUEST if offset == 0 else 0
 
     def _schedule(self, need_until: int) -> None:
         """Request parts until `need_until` and the window ahead of the reader are covered."""
@@ -132,6 +145,8 @@ class Prefetcher:
             if need_until > self._next:  # the reader waits on these bytes: one request
                 size = max(size, min(need_until - self._next, self.part_size))
             size = min(size, self.size - self._next)
+            if size <= 0:
+                return
             if not self._budget.try_reserve(size, force=self._next < need_until):
                 return
             part = _Part(self._next, self._next + size)
@@ -150,12 +165,14 @@ class Prefetcher:
             part.error = exc
         finally:
             part.done.set()
+            if part.dropped:
+                self._budget.release(part.end - part.start)
+                part.data = b""
 
     def _evict(self) -> None:
         floor = self._highest - self.keep_behind
         while self._parts and self._parts[0].end <= floor:
-            part = self._parts.pop(0)
-            self._budget.release(part.end - part.start)
+            self._drop(self._parts.pop(0))
 
     def close(self) -> None:
         self._closed = True

@@ -47,6 +47,10 @@ def _translate(exc: Exception, what: str) -> StoreError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if exc.operation_name.startswith("AssumeRole"):
+            # The default chain's STS exchange (IRSA on the driver) failed: the identity
+            # was refused. Its message may quote the token, so only the code is kept.
+            return AccessDenied(f"{what}: STS refused the driver's identity ({code})")
         message = f"{what}: {code or status} {error.get('Message', '')}".strip()
         if code == "NoSuchBucket":
             return BucketNotFound(message)

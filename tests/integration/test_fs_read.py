@@ -168,6 +168,7 @@ def test_metadata_ttl(s3, bucket, mount):
     s3.put_object(Bucket=bucket, Key="late.txt", Body=b"late")
     wait_until(lambda: (short / "late.txt").exists(), 10, "the new object on the short-TTL mount")
     s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"v1")
+    wait_until(lambda: (forever / "cached.txt").exists(), 10, "a never-seen name")
     assert os.stat(forever / "cached.txt").st_size == 2
     s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"version2")
     s3.get_object(Bucket=bucket, Key="cached.txt")  # the store has moved on...

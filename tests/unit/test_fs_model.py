@@ -8,8 +8,10 @@ listings and errors.
 from __future__ import annotations
 
 import errno
+import math
 import os
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -129,11 +131,12 @@ async def _apply(fs: Filesystem, model: Model, op: tuple) -> None:
         assert names == model.listing(directory)
 
 
+@pytest.mark.parametrize("ttl", [0.0, math.inf])  # a lone client must see its own changes
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPERATIONS)
-def test_filesystem_agrees_with_model(operations):
+@given(operations=OPERATIONS)
+def test_filesystem_agrees_with_model(operations, ttl):
     store = MemoryStore()
-    options = MountOptions(allow_delete=True, allow_overwrite=True, metadata_ttl=0.0)
+    options = MountOptions(allow_delete=True, allow_overwrite=True, metadata_ttl=ttl)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,307 @@
+"""Google Cloud Storage through its native JSON API (google-cloud-storage).
+
+Versions: a GCS object's `generation` changes on every write, so it plays the part of the
+S3 ETag. `ObjectInfo.etag` is the generation as a decimal string, and a ranged read pinned
+to it uses `ifGenerationMatch` (HTTP 412 -> PreconditionFailed when the object changed).
+
+Multipart uploads: GCS has none. They are built from composed temporary objects, which
+keeps the filesystem's contract (parts in parallel and in any order, nothing visible under
+the final name until complete, abort leaves nothing):
+- `create_upload` writes a marker `/.cloudbucket-uploads/<id>/upload` whose metadata
+  names the final key (so `list_uploads` can find abandoned uploads);
+- each part is an object `/.cloudbucket-uploads/<id>/<number>`; `upload_part_copy`
+  downloads the range pinned to the source generation and uploads it as a part (GCS has
+  no server-side ranged copy);
+- `complete_upload` composes the parts (32 sources per compose call, so more parts are
+  composed in rounds into intermediates) into the final key, then deletes the temporaries;
+- `abort_upload` deletes the temporaries.
+The temporary names start with "/": at a mount's root they list as a directory named ""
+(hidden by the filesystem, which never shows invalid names), and under a key prefix they
+are outside the mount altogether.
+
+Retries follow google-cloud-storage's defaults (idempotent calls only); every client
+error is translated in `_translate`, the one table for this backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import google.api_core.exceptions as gexc
+import google.auth.exceptions
+import requests
+import structlog
+from google.api_core.client_options import ClientOptions
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from driver.credentials.gcs import GcsCredentialsError, google_credentials
+from driver.store.base import (
+    AccessDenied,
+    BucketNotFound,
+    EndpointUnreachable,
+    InvalidRequest,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    PartResult,
+    PreconditionFailed,
+    StoreError,
+    UploadOptions,
+)
+from driver.volume import Credentials
+
+log = structlog.get_logger()
+T = TypeVar("T")
+UPLOADS = "/.cloudbucket-uploads/"
+COMPOSE_LIMIT = 32  # sources per compose request
+TIMEOUT = (5, 60)  # connect, read
+
+
+def _translate(exc: BaseException, what: str) -> StoreError:
+    """Map a google-cloud-storage / google-auth / requests error to a StoreError."""
+    if isinstance(exc, gexc.GoogleAPICallError):
+        message = f"{what}: {exc.code} {getattr(exc, 'message', '')}".strip()
+        if isinstance(exc, gexc.NotFound):  # check_bucket tells a missing bucket apart
+            return NotFound(message)
+        if isinstance(exc, gexc.Forbidden | gexc.Unauthorized):
+            return AccessDenied(message)
+        if isinstance(exc, gexc.PreconditionFailed):
+            return PreconditionFailed(message)
+        if isinstance(exc, gexc.ClientError) and not isinstance(exc, gexc.TooManyRequests):
+            return InvalidRequest(message)
+        return StoreError(message)
+    if isinstance(exc, google.auth.exceptions.TransportError | requests.ConnectionError |
+                  requests.Timeout):
+        return EndpointUnreachable(f"{what}: {type(exc).__name__}")
+    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        return AccessDenied(f"{what}: no Google credentials found")
+    if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+        # RefreshError, OAuthError...: the token endpoint refused the key or the pod token.
+        # Never echo its response (it may quote the assertion or token).
+        log.error("Google credentials refused: requests fail with EACCES until valid "
+                  "credentials arrive", what=what, error=type(exc).__name__)
+        return AccessDenied(f"{what}: Google credentials refused ({type(exc).__name__})")
+    if isinstance(exc, GcsCredentialsError):
+        return AccessDenied(f"{what}: {exc}")
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+_ERRORS = (gexc.GoogleAPICallError, google.auth.exceptions.GoogleAuthError,
+           requests.RequestException, GcsCredentialsError)
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _ERRORS as exc:
+        raise _translate(exc, what) from exc
+
+
+def _info(blob: storage.Blob) -> ObjectInfo:
+    return ObjectInfo(key=blob.name, size=int(blob.size or 0), etag=str(blob.generation),
+                      last_modified=blob.updated)
+
+
+def _generation(etag: str) -> int:
+    try:
+        return int(etag)
+    except ValueError:
+        raise InvalidRequest(f"{etag!r} is not a GCS generation") from None
+
+
+class GcsStore:
+    """An ObjectStore over one GCS bucket."""
+
+    def __init__(self, bucket: str, credentials: Credentials, *,
+                 credentials_file: str | None = None, endpoint_url: str | None = None,
+                 max_pool: int = 16) -> None:
+        self.bucket = bucket
+        options = ClientOptions(api_endpoint=endpoint_url) if endpoint_url else None
+        with _translated(f"bucket {bucket}"):
+            creds, project = google_credentials(credentials, credentials_file,
+                                                custom_endpoint=endpoint_url is not None)
+            self._client = storage.Client(project=project or "<none>", credentials=creds,
+                                          client_options=options)
+        # One HTTP connection per worker thread, as for S3.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max_pool)
+        self._client._http.mount("https://", adapter)
+        self._client._http.mount("http://", adapter)
+        self._bucket = self._client.bucket(bucket)
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with _translated(what):
+            return fn(*args, **kwargs)
+
+    def check_bucket(self) -> str | None:
+        # Listing one key proves the bucket exists and the credentials may list it.
+        try:
+            self.list_page("", None, None, 1)
+        except NotFound as exc:
+            raise BucketNotFound(f"bucket {self.bucket} does not exist") from exc
+        return None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        blob = self._call(f"HEAD {key}", self._bucket.get_blob, key, timeout=TIMEOUT)
+        return None if blob is None else _info(blob)
+
+    def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+                  max_keys: int = 1000, start_after: str | None = None) -> ListPage:
+        kwargs: dict[str, Any] = {"prefix": prefix or None, "delimiter": delimiter,
+                                  "page_token": token, "page_size": max_keys,
+                                  "timeout": TIMEOUT}
+        if start_after:
+            kwargs["start_offset"] = start_after + "\x00"  # start_offset is inclusive
+        with _translated(f"LIST {prefix}"):
+            iterator = self._client.list_blobs(self._bucket, **kwargs)
+            page = next(iterator.pages, None)
+            objects = [_info(blob) for blob in page] if page is not None else []
+            prefixes = sorted(page.prefixes) if page is not None else []
+        return ListPage(objects, prefixes, iterator.next_page_token or None)
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        if end <= start:
+            return b""
+        blob = self._bucket.blob(key)
+        kwargs: dict[str, Any] = {}
+        if etag:
+            kwargs["if_generation_match"] = _generation(etag)
+        data = self._call(f"GET {key}", blob.download_as_bytes, start=start, end=end - 1,
+                          raw_download=True, checksum=None, timeout=TIMEOUT, **kwargs)
+        # Some servers (fake-gcs-server) ignore ifGenerationMatch on media downloads; the
+        # generation the response carries (x-goog-generation) is checked too.
+        if etag and blob.generation is not None and str(blob.generation) != etag:
+            raise PreconditionFailed(f"GET {key}: object changed since open")
+        if len(data) != end - start:
+            raise StoreError(f"GET {key}: short read ({len(data)} of {end - start} bytes)")
+        return data
+
+    def _upload(self, key: str, data: bytes | memoryview, options: UploadOptions | None,
+                metadata: dict[str, str] | None = None) -> storage.Blob:
+        blob = self._bucket.blob(key)
+        if options is not None and options.storage_class:
+            blob.storage_class = options.storage_class
+        if options is not None and options.sse_kms_key_id:
+            blob.kms_key_name = options.sse_kms_key_id
+        if metadata:
+            blob.metadata = metadata
+        checksum = "crc32c" if options is not None and options.checksum == "crc32c" else None
+        self._call(f"PUT {key}", blob.upload_from_string, bytes(data),
+                   content_type="application/octet-stream", checksum=checksum,
+                   timeout=TIMEOUT, retry=DEFAULT_RETRY)
+        return blob
+
+    def put(self, key: str, data: bytes, options: UploadOptions) -> str:
+        return str(self._upload(key, data, options).generation)
+
+    # -- multipart uploads from composed temporary objects --------------------------------
+
+    @staticmethod
+    def _part_name(upload_id: str, number: int | str) -> str:
+        return f"{UPLOADS}{upload_id}/{number:05d}" if isinstance(number, int) else \
+            f"{UPLOADS}{upload_id}/{number}"
+
+    def create_upload(self, key: str, options: UploadOptions) -> str:
+        upload_id = uuid.uuid4().hex
+        meta = {"key": key, "storage-class": options.storage_class or "",
+                "kms-key": options.sse_kms_key_id or ""}
+        self._upload(self._part_name(upload_id, "upload"), b"", None, metadata=meta)
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+                    options: UploadOptions) -> PartResult:
+        blob = self._upload(self._part_name(upload_id, number), data, options)
+        return PartResult(number, str(blob.generation), blob.crc32c)
+
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
+                         start: int, end: int, source_etag: str) -> PartResult:
+        data = self.get_range(source_key, start, end, source_etag)
+        blob = self._upload(self._part_name(upload_id, number), data, None)
+        return PartResult(number, str(blob.generation))
+
+    def _marker(self, upload_id: str) -> storage.Blob:
+        blob = self._call(f"upload {upload_id}", self._bucket.get_blob,
+                          self._part_name(upload_id, "upload"), timeout=TIMEOUT)
+        if blob is None:
+            raise NotFound(f"upload {upload_id} does not exist")
+        return blob
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartResult]) -> str:
+        marker = self._marker(upload_id)
+        meta = marker.metadata or {}
+        ordered = sorted(parts, key=lambda part: part.number)
+        sources = [self._bucket.blob(self._part_name(upload_id, part.number),
+                                     generation=_generation(part.etag)) for part in ordered]
+        intermediates = 0
+        while len(sources) > COMPOSE_LIMIT:  # compose in rounds of at most 32 sources
+            grouped = []
+            for index in range(0, len(sources), COMPOSE_LIMIT):
+                intermediates += 1
+                target = self._bucket.blob(self._part_name(upload_id, f"c{intermediates:05d}"))
+                self._call(f"compose {key}", target.compose,
+                           sources[index:index + COMPOSE_LIMIT], timeout=TIMEOUT)
+                grouped.append(target)
+            sources = grouped
+        final = self._bucket.blob(key)
+        final.content_type = "application/octet-stream"
+        if meta.get("storage-class"):
+            final.storage_class = meta["storage-class"]
+        if meta.get("kms-key"):
+            final.kms_key_name = meta["kms-key"]
+        if not sources:  # an upload with no parts is an empty object
+            generation = self.put(key, b"", UploadOptions())
+        else:
+            self._call(f"compose {key}", final.compose, sources, timeout=TIMEOUT)
+            generation = str(final.generation)
+        self._delete_temporaries(upload_id)
+        return generation
+
+    def _delete_temporaries(self, upload_id: str) -> None:
+        page_token: str | None = None
+        while True:
+            page = self.list_page(f"{UPLOADS}{upload_id}/", None, page_token)
+            for info in page.objects:
+                with contextlib.suppress(NotFound):
+                    self.delete(info.key)
+            page_token = page.next_token
+            if page_token is None:
+                return
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self._delete_temporaries(upload_id)
+
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        page_token: str | None = None
+        while True:
+            with _translated(f"ListUploads {prefix}"):
+                iterator = self._client.list_blobs(self._bucket, prefix=UPLOADS,
+                                                   page_token=page_token, timeout=TIMEOUT)
+                page = next(iterator.pages, None)
+                for blob in page or ():
+                    key = (blob.metadata or {}).get("key", "")
+                    if blob.name.endswith("/upload") and key.startswith(prefix):
+                        found.append((key, blob.name[len(UPLOADS):].split("/", 1)[0]))
+            page_token = iterator.next_page_token
+            if not page_token:
+                return found
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(NotFound):  # S3 deletes are idempotent; keep that
+            self._call(f"DELETE {key}", self._bucket.delete_blob, key, timeout=TIMEOUT)
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        token: str | None = None
+        while True:
+            page = self.list_page(prefix, delimiter=None, token=token)
+            for info in page.objects:
+                self.delete(info.key)
+                deleted += 1
+            token = page.next_token
+            if token is None:
+                return deleted

@@ -1,0 +1,32 @@
+# Benchmarks (tests/perf): our mount vs s3fs-fuse, rclone mount and raw boto3 on SeaweedFS.
+# `make bench` runs every workload with 1 GiB objects, 3 runs each (about 15 minutes on 2
+# cores); BENCH_ARGS adds flags, e.g. `make bench BENCH_ARGS="--size-mib 256 --repeat 1"`.
+BENCH_ARGS ?=
+BENCH_OUT ?= bench-results.json
+BENCH := $(PY) -m tests.perf.bench --out $(BENCH_OUT)
+
+.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile
+
+bench-deps: install
+	@$(MAKE) --no-print-directory install-peers
+
+bench: bench-deps
+	$(BENCH) $(BENCH_ARGS)
+
+bench-read: bench-deps
+	$(BENCH) --only read $(BENCH_ARGS)
+
+bench-write: bench-deps
+	$(BENCH) --only write $(BENCH_ARGS)
+
+bench-meta: bench-deps
+	$(BENCH) --only meta,small $(BENCH_ARGS)
+
+# A few minutes: 64 MiB objects, one run each, short random reads, 1,000-entry listing.
+bench-quick: bench-deps
+	$(BENCH) --quick --size-mib 64 --repeat 1 $(BENCH_ARGS)
+
+# py-spy stacks (folded, for flamegraph.pl or speedscope) of our FUSE server per run..
+bench-profile: bench-deps
+	$(PY) -m pip install -q py-spy
+	$(BENCH) --profile bench-profile $(BENCH_ARGS)

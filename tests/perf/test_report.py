@@ -1,0 +1,60 @@
+"""Target evaluation and ratios of the benchmark report, on hand-made samples."""
+
+from __future__ import annotations
+
+from tests.perf import report
+from tests.perf.workloads import GiB, Listing, MiB, SeqRead
+
+
+def _runs(values: list[float], **extra: float) -> dict:
+    return {"samples": [{"value": v, "seconds": 1.0, "bytes": int(extra.get("bytes", 0)),
+                         "ops": 1, **extra} for v in values], "errors": []}
+
+
+def _document(results: dict) -> dict:
+    workloads = {"seq_read": SeqRead(1), "ls_l": Listing(True)}
+    return report.build({"size_bytes": GiB, "repeat": 3}, {}, list(workloads.values()),
+                        results, ["cloudbucket", "s3fs", "rclone", "boto3"], {})
+
+
+def test_ratios_mean_times_faster_for_throughput_and_duration() -> None:
+    document = _document({
+        "seq_read": {"cloudbucket": _runs([90, 100, 300], cpu_s=0.5, peak_rss=150 * MiB,
+                                          bytes=GiB),
+                     "s3fs": _runs([50, 50, 50]), "boto3": _runs([100, 125, 125])},
+        "ls_l": {"cloudbucket": _runs([0.5, 0.5, 0.6], cpu_s=0.1, peak_rss=60 * MiB),
+                 "s3fs": _runs([2.0, 2.0, 2.0]), "rclone": _runs([0.25, 0.25, 0.25])},
+    })
+    seq = document["workloads"]["seq_read"]
+    assert seq["results"]["cloudbucket"]["median"] == 100
+    assert seq["ratios"] == {"vs_s3fs": 2.0, "vs_boto3": 0.8}
+    assert document["workloads"]["ls_l"]["ratios"] == {"vs_s3fs": 4.0, "vs_rclone": 0.5}
+    status = {t["name"]: t["status"] for t in document["targets"]}
+    assert status["seq_read >= 0.8x boto3"] == "PASS"  # exactly at the line passes
+    assert status["seq_read >= 1.5x s3fs"] == "PASS"
+    assert status["seq_read >= 1.5x rclone"] == "SKIP"  # rclone not measured for it
+    # ls -l: 0.5 s against rclone's 0.25 s is slower than the faster peer.
+    assert status["ls_l no slower than the faster peer (rclone)"] == "MISS"
+    assert status["seq_read FUSE CPU <= 0.9 CPU-s/GiB"] == "PASS"
+    limit = document["limits"]["rss_limit_mib"]
+    assert status[f"seq_read peak RSS <= {limit:.0f} MiB"] == "PASS"
+
+
+def test_memory_and_cpu_targets_miss_when_exceeded() -> None:
+    limit = report.memory_limits()["rss_limit_bytes"]
+    document = _document({
+        "seq_read": {"cloudbucket": _runs([100], cpu_s=2.0, peak_rss=limit + MiB, bytes=GiB)},
+    })
+    status = {t["name"]: t["status"] for t in document["targets"]}
+    assert status[f"seq_read peak RSS <= {limit / MiB:.0f} MiB"] == "MISS"
+    assert status["seq_read FUSE CPU <= 0.9 CPU-s/GiB"] == "MISS"
+    assert document["workloads"]["seq_read"]["results"]["cloudbucket"][
+        "cpu_s_per_gib_median"] == 2.0
+
+
+def test_table_lists_failures_and_targets() -> None:
+    document = _document({"seq_read": {"cloudbucket": {"samples": [], "errors": ["boom"]}},
+                          "ls_l": {"cloudbucket": _runs([0.5], cpu_s=0.1, peak_rss=MiB)}})
+    text = report.table(document)
+    assert "FAILED" in text and "boom" in text
+    assert "ls_l no slower than the faster peer: no peer measured" in text
