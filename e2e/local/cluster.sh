@@ -332,5 +332,5 @@ case "${1:-}" in
   runtime) mkdir -p "$RUN"; network; containerd_up ;;  # network + containerd only (debugging)
   exec) shift; KUBECONFIG=$KUBECONFIG_FILE in_ns "$@" ;;
   kubectl) shift; kubectl "$@" ;;
-  *) echo "usage: $0 up|down|status|exec CMD...|kubectl ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|runtime|exec CMD...|kubectl ARGS..." >&2; exit 2 ;;
 esac
