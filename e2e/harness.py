@@ -123,10 +123,11 @@ class NodeSeaweed(SeaweedS3):
     network namespace), with the STS trusting the apiserver's service-account issuer.
     `SSL_CERT_FILE` makes its Go TLS stack trust the cluster CA for the issuer's JWKS."""
 
-    def __init__(self, host: str, ca_file: str = "", **kwargs: Any) -> None:
+    def __init__(self, host: str, ca_file: str = "", s3_port: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host = host
         self.ca_file = ca_file
+        self.s3_port = s3_port  # 0: any free port
 
     @property
     def endpoint(self) -> str:
@@ -138,6 +139,8 @@ class NodeSeaweed(SeaweedS3):
                  "s3.port.iceberg", "admin.port.grpc", "s3.port.lance", "admin.port",
                  "webdav.port", "debug.port", "metricsPort")
         ports = {name: free_port() for name in names}
+        if self.s3_port:
+            ports["s3.port"] = self.s3_port
         self.port = ports["s3.port"]
         self._ports = list(ports.values())
         data = self.workdir / "data"

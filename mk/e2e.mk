@@ -7,12 +7,14 @@
 #   make e2e-local-down     stop it
 #   make e2e-kind           the same suite on kind (Docker + internet); DRY_RUN=1 prints
 #                           the commands instead
+#   make e2e-storage        stretch: Kubernetes' External Storage e2e suites
+#                           (e2e/storage/testdriver.yaml) on the local cluster
 #   make e2e-check          fast static check (also part of `make test`)
 
 E2E_CACHE := $(CACHE)/e2e
 K8S_VERSION ?= v1.33.13
 
-.PHONY: e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check
+.PHONY: e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check e2e-storage
 
 e2e-local-build: install tools-helm image
 	e2e/local/build-k8s.sh $(E2E_CACHE)/k8s-$(K8S_VERSION) $(K8S_VERSION)
@@ -26,6 +28,14 @@ e2e-local-up: e2e-local-build
 
 e2e-local-down:
 	e2e/local/cluster.sh down
+
+e2e-storage: e2e-local-build
+	WITH_E2E_TEST=1 e2e/local/build-k8s.sh $(E2E_CACHE)/k8s-$(K8S_VERSION) $(K8S_VERSION)
+	K8S_VERSION=$(K8S_VERSION) e2e/local/cluster.sh up
+	printf 'image:\n  repository: %s\n  tag: "%s"\n' $(firstword $(subst :, ,$(IMAGE))) $(lastword $(subst :, ,$(IMAGE))) >$(E2E_CACHE)/values-image.yaml
+	status=0; e2e/local/cluster.sh exec env E2E_VALUES=$(CURDIR)/e2e/local/values.yaml,$(E2E_CACHE)/values-image.yaml \
+	  $(CURDIR)/$(PY) -m e2e.storage.run_storage $(E2E_CACHE)/k8s-$(K8S_VERSION)/bin/e2e-storage.test $(E2E_STORAGE_ARGS) \
+	  || status=$$?; e2e/local/cluster.sh down; exit $$status
 
 e2e-kind: install
 	PY=$(PY) DRIVER_IMAGE=$(IMAGE) e2e/kind/run.sh $(if $(DRY_RUN),--dry-run)

@@ -1,0 +1,55 @@
+"""Run the Kubernetes storage e2e suites (External Storage) against the local cluster.
+
+Inside the cluster's network namespace (`e2e/local/cluster.sh exec`): starts SeaweedFS on
+10.100.0.1:8333 (the address e2e/storage/storageclass.yaml names) with the bucket and the
+kube-system Secret the StorageClass uses, installs the chart, gives the suites' images
+(busybox, pause) from the local busybox/pause images, and runs `e2e-storage.test` with
+`-storage.testdriver=e2e/storage/testdriver.yaml`. Usage:
+`python -m e2e.storage.run_storage BINARY [extra ginkgo flags...]`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from e2e import harness
+from e2e.harness import Cluster, NodeSeaweed, Settings
+
+CTR = ["ctr", "--address", "/run/cbe2e-containerd/containerd.sock", "-n", "k8s.io"]
+# Images the storage suites start their pods with (test/utils/image/manifest.go, v1.33).
+ALIASES = {
+    "registry.k8s.io/e2e-test-images/busybox:1.36.1-1": "cloudbucket-e2e.local/busybox:e2e",
+    "registry.k8s.io/pause:3.10": "cloudbucket-e2e.local/pause:3.10",
+}
+
+
+def main() -> int:
+    binary, extra = sys.argv[1], sys.argv[2:]
+    for alias, source in ALIASES.items():
+        subprocess.run([*CTR, "images", "tag", "--force", source, alias], check=True,
+                       capture_output=True)
+    server = NodeSeaweed(host="10.100.0.1", s3_port=8333)
+    server.start()
+    try:
+        settings = Settings.from_env(server.endpoint, server.endpoint, server.access_key,
+                                     server.secret_key)
+        server.client().create_bucket(Bucket="e2e-storage")
+        cluster = Cluster(settings)
+        cluster.core.create_namespaced_secret("kube-system", {
+            "metadata": {"name": "e2e-storage-keys"},
+            "stringData": {"AWS_ACCESS_KEY_ID": server.access_key,
+                           "AWS_SECRET_ACCESS_KEY": server.secret_key}})
+        harness.helm_install(settings)
+        cmd = [binary, f"-kubeconfig={os.environ['KUBECONFIG']}",
+               f"-storage.testdriver={harness.ROOT / 'e2e/storage/testdriver.yaml'}",
+               "-ginkgo.focus=External.Storage", "-ginkgo.no-color", "-ginkgo.timeout=40m",
+               f"-repo-root={harness.ROOT}", "-provider=local", *extra]
+        return subprocess.run(cmd, cwd=harness.ROOT).returncode
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
