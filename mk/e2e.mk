@@ -13,10 +13,14 @@
 
 E2E_CACHE := $(CACHE)/e2e
 K8S_VERSION ?= v1.33.13
+# Debian packages of the local cluster (containerd and runc also come with docker.io).
+E2E_APT := etcd-server containerd runc containernetworking-plugins busybox-static iproute2 \
+	openssl curl util-linux
 
 .PHONY: e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check e2e-storage
 
 e2e-local-build: install tools-helm image
+	@$(MAKE) --no-print-directory install-system EXTRA_APT="$(E2E_APT)"
 	e2e/local/build-k8s.sh $(E2E_CACHE)/k8s-$(K8S_VERSION) $(K8S_VERSION)
 	DRIVER_IMAGE=$(IMAGE) PY=$(PY) e2e/local/build-images.sh
 
