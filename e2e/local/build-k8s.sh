@@ -13,7 +13,8 @@ OUT=${1:?usage: build-k8s.sh OUT_DIR [VERSION]}
 VERSION=${2:-v1.33.13}
 BINS="kube-apiserver kube-controller-manager kube-scheduler kubelet"
 # WITH_E2E_TEST=1: also the storage e2e runner (e2e/storage/storagee2e, see its comment).
-[ -n "${WITH_E2E_TEST:-}" ] && BINS="$BINS e2e-storage.test"
+# agnhost (k8s.io/kubernetes/test/images/agnhost) is the image the subPath suites run.
+[ -n "${WITH_E2E_TEST:-}" ] && BINS="$BINS e2e-storage.test agnhost"
 
 missing=""
 for b in $BINS; do [ -x "$OUT/bin/$b" ] || missing="$missing $b"; done
@@ -44,8 +45,11 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 pkgs=""
 for b in $missing; do
-  [ "$b" = e2e-storage.test ] && continue
-  pkgs="$pkgs k8s.io/kubernetes/cmd/$b"
+  case $b in
+    e2e-storage.test) continue ;;
+    agnhost) pkgs="$pkgs k8s.io/kubernetes/test/images/agnhost" ;;
+    *) pkgs="$pkgs k8s.io/kubernetes/cmd/$b" ;;
+  esac
 done
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 start=$(date +%s)

@@ -3,7 +3,8 @@
 Inside the cluster's network namespace (`e2e/local/cluster.sh exec`): starts SeaweedFS on
 10.100.0.1:8333 (the address e2e/storage/storageclass.yaml names) with the bucket and the
 kube-system Secret the StorageClass uses, installs the chart, gives the suites' images
-(busybox, pause) from the local busybox/pause images, and runs `e2e-storage.test` with
+(busybox, pause) from the local busybox/pause images (and agnhost, when
+`build-k8s.sh` built it), and runs `e2e-storage.test` with
 `-storage.testdriver=e2e/storage/testdriver.yaml`. Usage:
 `python -m e2e.storage.run_storage BINARY [extra ginkgo flags...]`.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from e2e import harness
 from e2e.harness import Cluster, NodeSeaweed, Settings
+from e2e.local.docker_archive import write_archive
 
 CTR = ["ctr", "--address", "/run/cbe2e-containerd/containerd.sock", "-n", "k8s.io"]
 # Images the storage suites start their pods with (test/utils/image/manifest.go, v1.33).
@@ -25,8 +29,25 @@ ALIASES = {
 }
 
 
+def agnhost_image(binary: Path) -> None:
+    """registry.k8s.io/e2e-test-images/agnhost:2.53 from an agnhost built from
+    k8s.io/kubernetes/test/images/agnhost, with busybox for the suites' `sh -c`."""
+    busybox = Path("/bin/busybox")
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    links = {f"/bin/{a}": "busybox" for a in applets if a != "busybox"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "agnhost.tar"
+        write_archive(out, "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                      {"/agnhost": binary, "/bin/busybox": busybox}, ["/agnhost"], links)
+        subprocess.run([*CTR, "images", "import", str(out)], check=True, capture_output=True)
+
+
 def main() -> int:
     binary, extra = sys.argv[1], sys.argv[2:]
+    agnhost = Path(binary).parent / "agnhost"
+    if agnhost.exists():
+        agnhost_image(agnhost)
     for alias, source in ALIASES.items():
         subprocess.run([*CTR, "images", "tag", "--force", source, alias], check=True,
                        capture_output=True)
