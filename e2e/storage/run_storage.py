@@ -26,6 +26,9 @@ CTR = ["ctr", "--address", "/run/cbe2e-containerd/containerd.sock", "-n", "k8s.i
 ALIASES = {
     "registry.k8s.io/e2e-test-images/busybox:1.36.1-1": "cloudbucket-e2e.local/busybox:e2e",
     "registry.k8s.io/pause:3.10": "cloudbucket-e2e.local/pause:3.10",
+    # multiVolume runs its shell commands in jessie-dnsutils; busybox has what they use
+    # (added after the recorded run, which lacked it: not yet proven).
+    "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7": "cloudbucket-e2e.local/busybox:e2e",
 }
 
 
@@ -72,7 +75,8 @@ def main() -> int:
         cmd = [binary, f"-kubeconfig={os.environ['KUBECONFIG']}",
                f"-storage.testdriver={harness.ROOT / 'e2e/storage/testdriver.yaml'}",
                "-ginkgo.focus=External.Storage", "-ginkgo.no-color", "-ginkgo.timeout=40m",
-               f"-repo-root={harness.ROOT}", "-provider=local", *extra]
+               f"-repo-root={harness.ROOT}", "-provider=local",
+               f"-report-dir={harness.ROOT / '.cache/e2e/storage-report'}", *extra]
         return subprocess.run(cmd, cwd=harness.ROOT).returncode
     finally:
         server.stop()
