@@ -178,15 +178,15 @@ class Filesystem:
             if negative_until is not None and time.monotonic() < negative_until:
                 raise FsError(errno.ENOENT)
             listing = await self._cached_listing(parent)
-            if listing is not None:
-                if name in listing:
-                    info = listing[name]
-                    if info is None:
-                        return self.inodes.upsert(parent, name, is_dir=True)
-                    assert isinstance(info, ObjectInfo)
-                    return self.inodes.upsert(parent, name, is_dir=False, size=info.size,
-                                              etag=info.etag, mtime=_timestamp(info))
-                return self._not_found(parent, name, cached)
+            # Only positive answers come from the listing: a name it lacks may have been
+            # created since, so that one is asked of the store.
+            if listing is not None and name in listing:
+                info = listing[name]
+                if info is None:
+                    return self.inodes.upsert(parent, name, is_dir=True)
+                assert isinstance(info, ObjectInfo)
+                return self.inodes.upsert(parent, name, is_dir=False, size=info.size,
+                                          etag=info.etag, mtime=_timestamp(info))
         key = parent.key + name
         head: ObjectInfo | None = None
         beneath: ListPage | None = None  # the first key under "name/", if any
@@ -226,9 +226,8 @@ class Filesystem:
     async def _cached_listing(self, parent: Inode) -> dict[str, object] | None:
         """The parent's whole listing if it fits one page, from cache within the TTL.
 
-        A listing lives at most MINIMAL_TTL even under longer TTLs: names already looked up
-        keep their own (longer) TTL on their inodes, and a new object must not stay hidden
-        behind an old listing."""
+        A listing lives at most MINIMAL_TTL even under longer TTLs (names already looked up
+        keep their own TTL on their inodes) and only ever answers "this name exists"."""
         ttl = min(self.options.metadata_ttl, MINIMAL_TTL)
         if ttl <= 0:
             return None

@@ -119,10 +119,10 @@ class Prefetcher:
         return reach
 
     def _drop(self, part: _Part) -> None:
-        """Forget a part; its memory is released once its GET is no longer running."""
+        """Forget a part; it stops counting once its GET is no longer running. Its data is
+        left alone: a concurrent read may still be waiting on it and will slice it."""
         if part.done.is_set():
             self._budget.release(part.end - part.start)
-            part.data = b""
         else:
             part.dropped = True  # _run releases it when the download ends
 
@@ -167,7 +167,6 @@ class Prefetcher:
             part.done.set()
             if part.dropped:
                 self._budget.release(part.end - part.start)
-                part.data = b""
 
     def _evict(self) -> None:
         floor = self._highest - self.keep_behind

@@ -191,3 +191,30 @@ def test_store_errors_map_to_errno():
     assert from_store(AccessDenied("x")).errno == errno.EACCES
     assert from_store(PreconditionFailed("x")).errno == errno.EIO
     assert from_store(StoreError("x")).errno == errno.EIO
+
+
+def test_concurrent_readers_resetting_each_other_get_exact_bytes():
+    """The kernel sends read-ahead requests concurrently; a reset by one read must not
+    spoil the part another read is waiting on."""
+    store = MemoryStore()
+    store.objects["k"] = random.Random(9).randbytes(64 * MiB)
+    budget = MemoryBudget(32 * MiB)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
+
+            async def reader(seed: int) -> None:
+                rng = random.Random(seed)
+                for _ in range(60):
+                    offset = rng.randrange(0, 63 * MiB)
+                    length = rng.choice([4096, 256 * 1024, MiB])
+                    got = await pre.read(offset, length)
+                    assert bytes(got) == store.objects["k"][offset:offset + length]
+
+            async with trio.open_nursery() as readers:
+                for seed in range(4):
+                    readers.start_soon(reader, seed)
+            pre.close()
+
+    trio.run(main)
