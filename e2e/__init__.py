@@ -1,0 +1,1 @@
+"""End-to-end suite: a real cluster, kubelet driving the driver (see e2e/harness.py)."""
