@@ -158,16 +158,7 @@ class Cloudbucket(Client):
         args = [sys.executable, "-m", "tests.perf.instrumented", "mount", self.bucket,
                 str(target), f"--endpoint-url={self.server.endpoint}", *self.flags,
                 "--foreground"]
-        started = time.perf_counter()
-        with open(log_file, "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait_live(target, proc, log_file)
-        except BaseException:
-            _abandon(target, proc)
-            raise
-        return Mounted(target, proc.pid, time.perf_counter() - started, log_file, proc)
+        return _spawn_mount(args, target, log_file, env=env)
 
 
 @dataclass
@@ -198,16 +189,7 @@ class S3fs(Client):
         options = ",".join([f"url={self.server.endpoint}", "use_path_request_style",
                             f"passwd_file={self._passwd()}"])
         args = ["s3fs", self.bucket, str(target), "-f", "-o", options]
-        started = time.perf_counter()
-        with open(log_file, "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait_live(target, proc, log_file)
-        except BaseException:
-            _abandon(target, proc)
-            raise
-        return Mounted(target, proc.pid, time.perf_counter() - started, log_file, proc)
+        return _spawn_mount(args, target, log_file)
 
 
 @dataclass
@@ -247,17 +229,22 @@ class Rclone(Client):
         args = ["rclone", "mount", f"bench:{self.bucket}", str(target),
                 "--config", str(self._config()), "--vfs-cache-mode", "off",
                 "--log-level", "NOTICE"]
-        started = time.perf_counter()
-        with open(log_file, "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self._env(),
-                                    start_new_session=True)
-        try:
-            _wait_live(target, proc, log_file)
-        except BaseException:
-            _abandon(target, proc)
-            raise
-        return Mounted(target, proc.pid, time.perf_counter() - started, log_file, proc)
+        return _spawn_mount(args, target, log_file, env=self._env())
+
+
+def _spawn_mount(args: list[str], target: Path, log_file: Path,
+                 env: dict[str, str] | None = None) -> Mounted:
+    """Start a FUSE client in the foreground, in its own session; wait until it is live."""
+    started = time.perf_counter()
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_live(target, proc, log_file)
+    except BaseException:
+        _abandon(target, proc)
+        raise
+    return Mounted(target, proc.pid, time.perf_counter() - started, log_file, proc)
 
 
 def _abandon(target: Path, proc: subprocess.Popen[bytes]) -> None:
