@@ -38,7 +38,6 @@ from driver.volume import MINIMAL_TTL, MountOptions
 
 log = structlog.get_logger()
 NAME_MAX = 255
-BLOCK = 512
 # A directory that fits in one LIST page is listed once per metadata TTL and its entries
 # are looked up from that listing (rclone's directory cache, bounded to small directories).
 LISTING_CACHE_MAX = 1000
@@ -135,7 +134,7 @@ class Filesystem:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return inode
 
-    def _timeout(self, is_dir: bool) -> float:
+    def _timeout(self) -> float:
         ttl = self.options.metadata_ttl
         return 86400.0 if math.isinf(ttl) else ttl
 
@@ -148,7 +147,7 @@ class Filesystem:
             mode &= ~0o222
         size = inode.writer.size if isinstance(inode.writer, Upload) else inode.size
         return Attributes(inode.ino, inode.is_dir, size, inode.mtime, mode, self.uid, self.gid,
-                          self._timeout(inode.is_dir))
+                          self._timeout())
 
     def _fresh(self, inode: Inode) -> bool:
         return inode.local or time.monotonic() - inode.validated < self.options.metadata_ttl

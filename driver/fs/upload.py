@@ -82,7 +82,8 @@ class Upload:
         self._buffer += data
         self.size += len(data)
         while len(self._buffer) >= self.part_size:
-            chunk = bytes(self._buffer[: self.part_size])
+            with memoryview(self._buffer) as view:  # one copy per part, not two
+                chunk = bytes(view[: self.part_size])
             del self._buffer[: self.part_size]
             await self._send(chunk)
         return len(data)
