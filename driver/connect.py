@@ -10,6 +10,7 @@ from __future__ import annotations
 from driver.credentials.source import Credentials
 from driver.options import MountOptions
 from driver.store.base import ObjectStore
+from driver.store.retry import Timeouts
 
 
 def open_store(bucket: str, options: MountOptions, credentials: Credentials,
@@ -17,6 +18,7 @@ def open_store(bucket: str, options: MountOptions, credentials: Credentials,
     """`credentials_file` (the supervisor's 0600 file) is re-read when a pod token
     refreshes, so a republished token reaches the live mount. Raises CredentialsError when
     the credentials cannot be used with this provider."""
+    timeouts = Timeouts(total=options.request_timeout)
     if options.provider == "gcs":
         from driver.credentials.gcs import google_credentials
         from driver.store.gcs import GcsStore
@@ -24,7 +26,7 @@ def open_store(bucket: str, options: MountOptions, credentials: Credentials,
         google_creds, project = google_credentials(
             credentials, credentials_file, custom_endpoint=options.endpoint_url is not None)
         return GcsStore(bucket, google_creds, project, endpoint_url=options.endpoint_url,
-                        max_pool=options.max_threads + 4)
+                        max_pool=options.max_threads + 4, timeouts=timeouts)
     from driver.credentials.aws import boto3_session
     from driver.store.s3 import S3Store
 
@@ -33,4 +35,5 @@ def open_store(bucket: str, options: MountOptions, credentials: Credentials,
         endpoint_url=options.endpoint_url,
         region=options.region or credentials.region, path_style=options.addressing_path_style,
         requester_pays=options.requester_pays, max_pool=options.max_threads + 4,
+        timeouts=timeouts,
     )

@@ -80,6 +80,20 @@ def _part_size(text: str) -> int:
     return value
 
 
+def _memory_target(text: str) -> int:
+    value = int(text)
+    if not 16 <= value <= 64 * 1024:
+        raise ValueError("must be between 16 and 65536 (MiB)")
+    return value
+
+
+def _request_timeout(text: str) -> float:
+    value = float(text)
+    if not 2 <= value <= 3600 or math.isnan(value):
+        raise ValueError("must be between 2 and 3600 seconds")
+    return value
+
+
 def _parse_ttl(text: str) -> float:
     lowered = text.strip().lower()
     if lowered == "minimal":
@@ -163,6 +177,13 @@ class MountOptions:
     sse_kms_key_id: str | None = None
     upload_checksums: Literal["crc32c", "off"] = "crc32c"
     direct_io: bool = False
+    # One budget (MiB) for the part data a mount holds: prefetched read parts, buffered
+    # and in-flight write parts. 64 MiB = four 16 MiB read parts; with the server's fixed
+    # overhead (see README, Reliability) 50 mounts fit in about 7 GiB.
+    memory_target: int = 64
+    # Upper bound (seconds) on one store operation, retries included; a stalled request
+    # is abandoned after a fraction of it and retried while time remains.
+    request_timeout: float = 60.0
 
     @property
     def addressing_path_style(self) -> bool:
@@ -269,6 +290,10 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         OptionSpec("sse-kms-key-id", _nonempty, help="KMS key for --sse aws:kms"),
         OptionSpec("upload-checksums", _choice("crc32c", "off"), help="crc32c|off"),
         OptionSpec("direct-io", _parse_bool, flag=True, help="bypass the kernel page cache"),
+        OptionSpec("memory-target", _memory_target,
+                   help="MiB of part data (reads and writes) the mount may hold"),
+        OptionSpec("request-timeout", _request_timeout,
+                   help="seconds one store operation may take, retries included"),
     )
 }
 

@@ -10,6 +10,11 @@ Metadata comes from HEAD and ListObjectsV2 (delimiter "/") and is trusted for
 at open; writes through a per-handle `Upload`. All store calls run on worker threads
 (`run_sync`), never on the event loop.
 
+Bounded time: every store call is bounded by the store's own deadline (--request-timeout);
+metadata calls (HEAD, LIST) have their own worker threads, so transfers stalled on a store
+never delay `ls` or `stat`; statfs asks the store nothing. Memory: one `MemoryBudget` of
+--memory-target MiB for all prefetchers and uploads of the mount.
+
 `pyfuse3`-specific types live in `fuse.py`; this module raises `FsError(errno)` and
 returns plain `Attributes`.
 """
@@ -99,13 +104,13 @@ class Filesystem:
         self.uid = options.uid if options.uid is not None else os.getuid()
         self.gid = options.gid if options.gid is not None else os.getgid()
         self._limiter = trio.CapacityLimiter(options.max_threads)
+        self._meta_limiter = trio.CapacityLimiter(4)  # HEAD/LIST never queue behind data
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
         self._negative: dict[tuple[int, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
-        self.budget = MemoryBudget(
-            memory_limit or 2 * options.read_part_size * self.prefetch_parallel)
+        self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
         self.upload_options = UploadOptions(
             storage_class=options.storage_class, sse=options.sse,
             sse_kms_key_id=options.sse_kms_key_id,
@@ -120,7 +125,9 @@ class Filesystem:
         self._nursery = nursery
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        metadata = getattr(fn, "__name__", "") in ("head", "list_page")
+        return await trio.to_thread.run_sync(
+            partial(fn, *args), limiter=self._meta_limiter if metadata else self._limiter)
 
     async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -474,12 +481,14 @@ class Filesystem:
 
         return Prefetcher(fetch, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
-                          max_parallel=self.prefetch_parallel)
+                          max_parallel=self.prefetch_parallel,
+                          budget_timeout=self.options.request_timeout)
 
     def _start_upload(self, inode: Inode) -> Upload:
         assert self._nursery is not None
         upload = Upload(self.store, inode.key, self.upload_options, run_sync=self.run_sync,
-                        part_size=self.options.write_part_size)
+                        part_size=self.options.write_part_size, budget=self.budget,
+                        budget_timeout=self.options.request_timeout)
         upload.attach(self._nursery)
         inode.writer = upload
         self._uploads.add(upload)

@@ -6,37 +6,27 @@ window is covered by requests of up to `part_size` bytes that run in parallel. A
 from the stream resets it to a small first request, so random readers do not pay for
 sequential read-ahead. Parts already read are kept for `keep_behind` bytes below the highest
 offset read, because the kernel's read-ahead requests arrive somewhat out of order. Every
-byte a prefetcher holds is charged to a `MemoryBudget` shared by the whole mount.
+byte a prefetcher holds is charged to the mount's `MemoryBudget` (driver/fs/memory.py):
+read-ahead only when it fits, the bytes a read waits on by waiting for room; a prefetcher
+gives back its idle parts (`shed`) when another reader or a writer is waiting.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from driver.fs.errors import FsError
+from driver.fs.memory import BudgetTimeout, MemoryBudget
+
+__all__ = ["FIRST_REQUEST", "MemoryBudget", "Prefetcher"]
+
 MiB = 1024 * 1024
 FIRST_REQUEST = 1 * MiB + 128 * 1024  # enough for the kernel's first 1 MiB read
-
-
-class MemoryBudget:
-    """Bytes of prefetched data the mount may hold; a file may always hold one part."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-
-    def try_reserve(self, size: int, force: bool = False) -> bool:
-        if not force and self.used + size > self.limit:
-            return False
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        return True
-
-    def release(self, size: int) -> None:
-        self.used -= size
 
 
 @dataclass(eq=False)
@@ -55,7 +45,7 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
-                 keep_behind: int = 32 * MiB) -> None:
+                 keep_behind: int = 32 * MiB, budget_timeout: float = math.inf) -> None:
         self._fetch = fetch
         self._spawn = spawn  # nursery.start_soon of a nursery that outlives this file
         self._budget = budget
@@ -69,26 +59,22 @@ class Prefetcher:
         self._highest = 0  # highest offset read so far in this stream
         self._stream_start = 0
         self._closed = False
+        self._budget_timeout = budget_timeout
         self.requests = 0
+        budget.register(self)
 
     async def read(self, offset: int, length: int) -> memoryview | bytes:
         length = min(length, self.size - offset)
         if length <= 0:
             return b""
         end = offset + length
-        reach = self._covered_until(offset)
-        if reach == offset and offset != self._next:
-            if self._parts and self._next < offset <= self._next + self.part_size:
-                self._next = offset  # a short skip forward: keep the stream, leave a hole
-            else:
-                self._reset(offset)
-        elif reach < end and reach != self._next:
-            self._reset(offset)  # a hole inside the range: start over here
-        elif offset >= self._highest >= self._stream_start + self._window:
-            # The reader consumed a whole window in order: widen it. Counting consumed
-            # bytes, not reads, keeps the kernel's own read-ahead after a random read
-            # from inflating the window.
-            self._window = min(max(self._window * 2, FIRST_REQUEST), self.max_window)
+        for _ in range(16):  # a concurrent read may move the stream while this one waits
+            self._position(offset, end)
+            await self._request_needed(offset, end)
+            if self._covered_until(offset) >= end:
+                break
+        else:
+            raise FsError(errno.EIO, "concurrent reads kept moving the stream")
         self._schedule(end)
         pieces: list[memoryview] = []
         for part in list(self._parts):
@@ -107,6 +93,65 @@ class Prefetcher:
         if len(data) != length:  # pragma: no cover - a bug; never return short or mixed bytes
             raise AssertionError(f"prefetcher assembled {len(data)} of {length} bytes")
         return data
+
+    def _position(self, offset: int, end: int) -> None:
+        """Keep, move or restart the stream for a read of [offset, end)."""
+        reach = self._covered_until(offset)
+        if reach == offset and offset != self._next:
+            if self._parts and self._next < offset <= self._next + self.part_size:
+                self._next = offset  # a short skip forward: keep the stream, leave a hole
+            else:
+                self._reset(offset)
+        elif reach < end and reach != self._next:
+            self._reset(offset)  # a hole inside the range: start over here
+        elif offset >= self._highest >= self._stream_start + self._window:
+            # The reader consumed a whole window in order: widen it. Counting consumed
+            # bytes, not reads, keeps the kernel's own read-ahead after a random read
+            # from inflating the window.
+            self._window = min(max(self._window * 2, FIRST_REQUEST), self.max_window)
+
+    async def _request_needed(self, offset: int, need_until: int) -> None:
+        """Request the parts up to `need_until`, waiting for budget for them."""
+        while not self._closed and self._next < need_until:
+            start = self._next
+            size = self._part_size_at(need_until)
+            if size <= 0:
+                return
+            if not self._budget.try_reserve(size):
+                self._evict(floor=offset)  # what lies behind this read goes first
+                try:
+                    await self._budget.reserve(size, self._budget_timeout, asker=self)
+                except BudgetTimeout as exc:
+                    raise FsError(errno.EIO, str(exc)) from exc
+                if self._closed or self._next != start:  # the stream moved meanwhile
+                    self._budget.release(size)
+                    return
+            self._add_part(size)
+
+    def _part_size_at(self, need_until: int) -> int:
+        size = min(self.part_size, self._window, self.size - self._next)
+        if need_until > self._next:  # the reader waits on these bytes: one request
+            size = max(size, min(need_until - self._next, self.part_size))
+        return min(size, self.size - self._next)
+
+    def _add_part(self, size: int) -> None:
+        part = _Part(self._next, self._next + size)
+        self._parts.append(part)
+        self._next = part.end
+        self.requests += 1
+        self._spawn(self._run, part)
+
+    def shed(self) -> None:
+        """Another reservation waits: give back parts no read needs now. First those
+        behind the highest byte read, then finished read-ahead from the far end (the
+        stream goes on from there); parts still downloading are left to finish."""
+        while self._parts and self._parts[0].end <= self._highest:
+            self._drop(self._parts.pop(0))
+        while self._parts and self._parts[-1].done.is_set() and \
+                self._parts[-1].start >= self._highest:
+            part = self._parts.pop()
+            self._drop(part)
+            self._next = part.start
 
     def _covered_until(self, offset: int) -> int:
         """The end of the contiguous run of requested parts that contains `offset`."""
@@ -136,24 +181,15 @@ class Prefetcher:
         self._window = FIRST_REQUEST if offset == 0 else 0
 
     def _schedule(self, need_until: int) -> None:
-        """Request parts until `need_until` and the window ahead of the reader are covered."""
+        """Request read-ahead parts while the budget has room (never waits)."""
         if self._closed:
             return
         target = min(self.size, max(need_until, self._highest + self._window))
         while self._next < target:
-            size = min(self.part_size, self._window, self.size - self._next)
-            if need_until > self._next:  # the reader waits on these bytes: one request
-                size = max(size, min(need_until - self._next, self.part_size))
-            size = min(size, self.size - self._next)
-            if size <= 0:
+            size = self._part_size_at(need_until)
+            if size <= 0 or not self._budget.try_reserve(size):
                 return
-            if not self._budget.try_reserve(size, force=self._next < need_until):
-                return
-            part = _Part(self._next, self._next + size)
-            self._parts.append(part)
-            self._next = part.end
-            self.requests += 1
-            self._spawn(self._run, part)
+            self._add_part(size)
 
     async def _run(self, part: _Part) -> None:
         try:
@@ -167,9 +203,11 @@ class Prefetcher:
             part.done.set()
             if part.dropped:
                 self._budget.release(part.end - part.start)
+            elif self._budget.starved():
+                self.shed()  # read-ahead that just arrived is the first to go
 
-    def _evict(self) -> None:
-        floor = self._highest - self.keep_behind
+    def _evict(self, floor: int | None = None) -> None:
+        floor = self._highest - self.keep_behind if floor is None else floor
         while self._parts and self._parts[0].end <= floor:
             self._drop(self._parts.pop(0))
 

@@ -5,7 +5,13 @@ created and each full part is sent in the background while the writer continues.
 `max_inflight` parts are in flight: a writer that outruns the store waits (back-pressure)
 instead of growing the buffer. `commit()` (close or fsync) sends the tail and completes the
 upload, or, for a file smaller than one part, PUTs it in one request. Any failure aborts
-the multipart upload, so the bucket never holds a partial object or an orphaned upload.
+the multipart upload, so the bucket never holds a partial object or an orphaned upload;
+once a multipart write is over (completed or aborted) the store is asked to reconcile the
+uploads its retried requests may have started for the key (`reconcile_uploads`).
+
+Memory: buffered bytes are charged to the mount's `MemoryBudget` in 1 MiB steps before
+they are taken, and a part keeps its charge until its upload ends; a writer waits for room
+(up to the budget timeout, then EIO) instead of growing past the mount's memory target.
 
 A writer may continue after fsync: the committed object becomes the first part(s) of a new
 multipart upload (UploadPartCopy pinned to its ETag; a tail under 5 MiB is read back).
@@ -14,6 +20,8 @@ multipart upload (UploadPartCopy pinned to its ETag; a tail under 5 MiB is read 
 from __future__ import annotations
 
 import errno
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,18 +29,22 @@ import structlog
 import trio
 
 from driver.fs.errors import FsError
+from driver.fs.memory import BudgetTimeout, MemoryBudget
 from driver.store.base import ObjectStore, PartResult, StoreError, UploadOptions
 
 log = structlog.get_logger()
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 MAX_COPY_PART = 5 * 1024 * MiB
+CHARGE_STEP = 1 * MiB  # the budget is charged in steps of this, not per write call
 RunSync = Callable[..., Awaitable[Any]]
 
 
 class Upload:
     def __init__(self, store: ObjectStore, key: str, options: UploadOptions, *,
-                 run_sync: RunSync, part_size: int = 8 * MiB, max_inflight: int = 4) -> None:
+                 run_sync: RunSync, part_size: int = 8 * MiB, max_inflight: int = 4,
+                 budget: MemoryBudget | None = None,
+                 budget_timeout: float = math.inf) -> None:
         self.store = store
         self.key = key
         self.options = options
@@ -52,6 +64,10 @@ class Upload:
         self._error: BaseException | None = None
         self._nursery: trio.Nursery | None = None
         self.aborted = False
+        self._budget = budget
+        self._budget_timeout = budget_timeout
+        self._charged = 0  # budget bytes held for self._buffer
+        self._since: float | None = None  # when this multipart cycle began (time.time())
 
     @property
     def dirty(self) -> bool:
@@ -79,6 +95,7 @@ class Upload:
             raise error
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
+        await self._charge(len(self._buffer) + len(data))
         self._buffer += data
         self.size += len(data)
         while len(self._buffer) >= self.part_size:
@@ -88,11 +105,47 @@ class Upload:
             await self._send(chunk)
         return len(data)
 
+    async def _charge(self, buffered: int) -> None:
+        """Hold budget for `buffered` bytes of buffer, waiting for room."""
+        if self._budget is None or buffered <= self._charged:
+            return
+        step = -(-(buffered - self._charged) // CHARGE_STEP) * CHARGE_STEP
+        try:
+            await self._budget.reserve(step, self._budget_timeout)
+        except BudgetTimeout as exc:
+            raise FsError(errno.EIO, f"write to {self.key}: {exc}") from exc
+        self._charged += step
+
+    def _uncharge(self, size: int) -> None:
+        """Give back `size` bytes of the buffer's charge (all of it: size=-1)."""
+        if self._budget is None:
+            return
+        size = self._charged if size < 0 else min(size, self._charged)
+        self._charged -= size
+        self._budget.release(size)
+
     async def _ensure_upload(self) -> str:
         if self._upload_id is None:
+            if self._since is None:
+                self._since = time.time()
             self._upload_id = await self._store_call(self.store.create_upload, self.key,
                                                      self.options)
         return self._upload_id
+
+    async def _reconcile(self) -> None:
+        """The multipart cycle is over: abort uploads that retried creates left behind."""
+        since, self._since = self._since, None
+        if since is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                count = await self._run_sync(self.store.reconcile_uploads, self.key, since)
+            except StoreError as exc:
+                log.error("could not reconcile multipart uploads", key=self.key,
+                          error=str(exc))
+                return
+        if count:
+            log.info("aborted uploads left by retried requests", key=self.key, count=count)
 
     async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -103,17 +156,32 @@ class Upload:
             raise FsError(errno.EIO, f"upload of {self.key} failed: {exc}") from exc
 
     async def _send(self, chunk: bytes) -> None:
-        upload_id = await self._ensure_upload()
-        number = self._next_part
-        self._next_part += 1
-        await self._slots.acquire()  # back-pressure: wait for a free slot
-        await self._check()
+        """Send `chunk` (just cut from the buffer) as the next part; its charge moves to it."""
+        charge = min(len(chunk), self._charged)
+        self._charged -= charge
+        try:
+            upload_id = await self._ensure_upload()
+            number = self._next_part
+            self._next_part += 1
+            await self._slots.acquire()  # back-pressure: wait for a free slot
+        except BaseException:
+            if self._budget is not None:
+                self._budget.release(charge)
+            raise
+        try:
+            await self._check()
+        except BaseException:
+            self._slots.release()
+            if self._budget is not None:
+                self._budget.release(charge)
+            raise
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
-        self._nursery.start_soon(self._send_part, upload_id, number, chunk)
+        self._nursery.start_soon(self._send_part, upload_id, number, chunk, charge)
 
-    async def _send_part(self, upload_id: str, number: int, chunk: bytes) -> None:
+    async def _send_part(self, upload_id: str, number: int, chunk: bytes,
+                         charge: int = 0) -> None:
         try:
             result = await self._run_sync(self.store.upload_part, self.key, upload_id, number,
                                           chunk, self.options)
@@ -123,6 +191,9 @@ class Upload:
                 self._error = exc
                 log.error("upload part failed", key=self.key, part=number, error=str(exc))
         finally:
+            del chunk
+            if self._budget is not None and charge:
+                self._budget.release(charge)
             self._inflight -= 1
             self._slots.release()
             if self._inflight == 0:
@@ -137,7 +208,12 @@ class Upload:
         if self._upload_id is None:
             data = bytes(self._buffer)
             self._buffer.clear()
-            self.etag = await self._store_call(self.store.put, self.key, data, self.options)
+            try:
+                self.etag = await self._store_call(self.store.put, self.key, data,
+                                                   self.options)
+            finally:
+                del data
+                self._uncharge(-1)
         else:
             if self._buffer or not self._parts and self._inflight == 0:
                 chunk = bytes(self._buffer)
@@ -151,6 +227,8 @@ class Upload:
             self._upload_id = None
             self._parts = []
             self._next_part = 1
+            self._uncharge(-1)
+            await self._reconcile()
         self.committed_size = self.size
         log.debug("upload committed", key=self.key, size=self.size)
         return self.etag
@@ -160,6 +238,7 @@ class Upload:
         assert self.etag is not None
         size, etag = self.committed_size, self.etag
         if size < MIN_PART:
+            await self._charge(size + len(self._buffer))
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
             self._buffer = bytearray(data) + self._buffer
             return
@@ -181,11 +260,13 @@ class Upload:
         self.aborted = True
         upload_id, self._upload_id = self._upload_id, None
         self._buffer.clear()
-        if upload_id is None:
-            return
-        with trio.CancelScope(shield=True):
-            await self._idle.wait()
-            try:
-                await self._run_sync(self.store.abort_upload, self.key, upload_id)
-            except StoreError as exc:
-                log.error("abort of multipart upload failed", key=self.key, error=str(exc))
+        self._uncharge(-1)
+        if upload_id is not None:
+            with trio.CancelScope(shield=True):
+                await self._idle.wait()
+                try:
+                    await self._run_sync(self.store.abort_upload, self.key, upload_id)
+                except StoreError as exc:
+                    log.error("abort of multipart upload failed", key=self.key,
+                              error=str(exc))
+        await self._reconcile()

@@ -3,7 +3,15 @@
 Methods are synchronous and thread-safe: the filesystem calls them from worker threads,
 never from the FUSE event loop. Each backend translates its client's errors into the
 `StoreError` family below in one place, keeping the original as `__cause__`, and owns
-its retry rules (botocore's for S3, google-api-core's for GCS).
+its retry rules (`driver/store/retry.py`: bounded in time, with a deadline per call).
+
+Retries and side effects: a call retried after its reply was lost may already have taken
+effect. Each store reconciles that in one place (its `_reconcile_*` methods): a retried
+CreateMultipartUpload may have left a second upload, which `reconcile_uploads` aborts
+once the write is over; a CompleteMultipartUpload that fails (NoSuchUpload on a retry, or
+any final error) is a success exactly when the object now is the one those parts make; a
+retried delete or abort that finds nothing is done; a retried part (upload or copy)
+simply replaces the same part number.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ class PartResult:
     number: int
     etag: str
     checksum_crc32c: str | None = None
+    size: int | None = None  # bytes in the part, to recognise a completed object
 
 
 class ObjectStore(Protocol):
@@ -109,7 +118,13 @@ class ObjectStore(Protocol):
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """Pending multipart uploads under `prefix` as (key, upload id)."""
 
-    def delete(self, key: str) -> None: ...
+    def reconcile_uploads(self, key: str, since: float) -> int:
+        """After a write of `key` ends (completed or aborted): abort uploads of `key` that
+        its retried requests may have started since `since` (time.time()); return how many.
+        Costs no request unless a create of `key` was retried or failed."""
+
+    def delete(self, key: str) -> None:
+        """Delete `key`; a key already gone (also after a retry) is done, not an error."""
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix`; return how many."""

@@ -19,13 +19,22 @@ The temporary names start with "/": at a mount's root they list as a directory n
 (hidden by the filesystem, which never shows invalid names), and under a key prefix they
 are outside the mount altogether.
 
-Retries follow google-cloud-storage's defaults (idempotent calls only); every client
-error is translated in `_translate`, the one table for this backend.
+Retries are ours (`driver/store/retry.py`; the library's are off, `retry=None`), bounded
+by the mount's request timeout. Every call here is idempotent or made so: creating the
+marker or a part rewrites the same name; deleting what is gone is done; the final compose
+is conditional on the generation the key had before (0: absent), so a retry after a lost
+reply fails its precondition, and the compose counts as done exactly when the key now
+holds a newer object of the expected size and component count (`_reconcile_compose`).
+A ranged read cut mid-body resumes from the first missing byte, pinned to the generation.
+Every client error is translated in `_translate`, the one table for this backend.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -35,9 +44,9 @@ import google.auth.credentials
 import google.auth.exceptions
 import requests
 import structlog
+import urllib3.exceptions
 from google.api_core.client_options import ClientOptions
 from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from driver.store.base import (
     AccessDenied,
@@ -52,12 +61,27 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.retry import Attempts, Retrier, Timeouts
 
 log = structlog.get_logger()
 T = TypeVar("T")
 UPLOADS = "/.cloudbucket-uploads/"
 COMPOSE_LIMIT = 32  # sources per compose request
-TIMEOUT = (5, 60)  # connect, read
+CLOCK_SKEW = 30.0  # a marker's timeCreated is the store's clock; ours may differ
+
+
+def retryable(exc: BaseException) -> bool:
+    """A failed attempt worth repeating: throttling, 5xx, a connection or body cut."""
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return isinstance(exc, gexc.TooManyRequests | gexc.ServerError | gexc.RequestTimeout)
+    return isinstance(exc, requests.ConnectionError | requests.Timeout |
+                      requests.exceptions.ChunkedEncodingError |
+                      google.auth.exceptions.TransportError | urllib3.exceptions.HTTPError |
+                      ConnectionError | _ShortRead)
+
+
+class _ShortRead(Exception):
+    """A body ended before the bytes asked for: resume from where it stopped."""
 
 
 def _translate(exc: BaseException, what: str) -> StoreError:
@@ -74,7 +98,7 @@ def _translate(exc: BaseException, what: str) -> StoreError:
             return InvalidRequest(message)
         return StoreError(message)
     if isinstance(exc, google.auth.exceptions.TransportError | requests.ConnectionError |
-                  requests.Timeout):
+                  requests.Timeout | urllib3.exceptions.HTTPError | ConnectionError):
         return EndpointUnreachable(f"{what}: {type(exc).__name__}")
     if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
         return AccessDenied(f"{what}: no Google credentials found")
@@ -88,7 +112,7 @@ def _translate(exc: BaseException, what: str) -> StoreError:
 
 
 _ERRORS = (gexc.GoogleAPICallError, google.auth.exceptions.GoogleAuthError,
-           requests.RequestException)
+           requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, _ShortRead)
 
 
 @contextlib.contextmanager
@@ -116,10 +140,15 @@ class GcsStore:
 
     def __init__(self, bucket: str, credentials: google.auth.credentials.Credentials,
                  project: str | None = None, *, endpoint_url: str | None = None,
-                 max_pool: int = 16) -> None:
+                 max_pool: int = 16, timeouts: Timeouts | None = None) -> None:
         """`credentials` are google-auth's (built by driver/connect.py); they refresh
         themselves, re-reading the mount's credentials file where that applies."""
         self.bucket = bucket
+        self.timeouts = timeouts or Timeouts()
+        self._timeout = (self.timeouts.connect, self.timeouts.read)
+        self._retrier = Retrier(self.timeouts, retryable)
+        self._suspects: dict[str, float] = {}  # key -> when a create of it failed
+        self._lock = threading.Lock()
         options = ClientOptions(api_endpoint=endpoint_url) if endpoint_url else None
         with _translated(f"bucket {bucket}"):
             self._client = storage.Client(project=project or "<none>", credentials=credentials,
@@ -130,9 +159,13 @@ class GcsStore:
         self._client._http.mount("http://", adapter)
         self._bucket = self._client.bucket(bucket)
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _call(self, what: str, fn: Callable[..., T], *args: Any,
+              attempts: Attempts | None = None, **kwargs: Any) -> T:
+        """One store call with our retries and timeouts (the library's retries are off)."""
+        kwargs.setdefault("timeout", self._timeout)
+        kwargs.setdefault("retry", None)
         with _translated(what):
-            return fn(*args, **kwargs)
+            return self._retrier.call(lambda: fn(*args, **kwargs), attempts)
 
     def check_bucket(self) -> str | None:
         # Listing one key proves the bucket exists and the credentials may list it.
@@ -143,38 +176,68 @@ class GcsStore:
         return None
 
     def head(self, key: str) -> ObjectInfo | None:
-        blob = self._call(f"HEAD {key}", self._bucket.get_blob, key, timeout=TIMEOUT)
+        blob = self._call(f"HEAD {key}", self._bucket.get_blob, key)
         return None if blob is None else _info(blob)
 
     def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
                   max_keys: int = 1000, start_after: str | None = None) -> ListPage:
         kwargs: dict[str, Any] = {"prefix": prefix or None, "delimiter": delimiter,
                                   "page_token": token, "page_size": max_keys,
-                                  "timeout": TIMEOUT}
+                                  "timeout": self._timeout, "retry": None}
         if start_after:
             kwargs["start_offset"] = start_after + "\x00"  # start_offset is inclusive
-        with _translated(f"LIST {prefix}"):
+
+        def one_page() -> ListPage:
             iterator = self._client.list_blobs(self._bucket, **kwargs)
             page = next(iterator.pages, None)
             objects = [_info(blob) for blob in page] if page is not None else []
             prefixes = sorted(page.prefixes) if page is not None else []
-        return ListPage(objects, prefixes, iterator.next_page_token or None)
+            return ListPage(objects, prefixes, iterator.next_page_token or None)
+
+        with _translated(f"LIST {prefix}"):
+            return self._retrier.call(one_page)
 
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        """Bytes [start, end): a read cut mid-body resumes from the first missing byte,
+        pinned to the generation (the one asked for, else the first answer's)."""
         if end <= start:
             return b""
-        blob = self._bucket.blob(key)
-        kwargs: dict[str, Any] = {}
-        if etag:
-            kwargs["if_generation_match"] = _generation(etag)
-        data = self._call(f"GET {key}", blob.download_as_bytes, start=start, end=end - 1,
-                          raw_download=True, checksum=None, timeout=TIMEOUT, **kwargs)
-        # Some servers (fake-gcs-server) ignore ifGenerationMatch on media downloads; the
-        # generation the response carries (x-goog-generation) is checked too.
-        if etag and blob.generation is not None and str(blob.generation) != etag:
-            raise PreconditionFailed(f"GET {key}: object changed since open")
+        sink = io.BytesIO()
+        generation = _generation(etag) if etag else None
+
+        def attempt() -> None:
+            nonlocal generation
+            got = sink.tell()
+            blob = self._bucket.blob(key)
+            kwargs: dict[str, Any] = {}
+            if generation is not None:
+                kwargs["if_generation_match"] = generation
+            try:
+                blob.download_to_file(sink, start=start + got, end=end - 1, raw_download=True,
+                                      checksum=None, timeout=self._timeout, retry=None,
+                                      **kwargs)
+            finally:
+                if generation is None and blob.generation is not None:
+                    generation = int(blob.generation)
+                elif generation is None and sink.tell() > got:
+                    sink.seek(0)  # bytes of an unknown generation: start over, pinned next
+                    sink.truncate()
+            # Some servers (fake-gcs-server) ignore ifGenerationMatch on media downloads;
+            # the generation the response carries (x-goog-generation) is checked too.
+            if generation is not None and blob.generation is not None and \
+                    int(blob.generation) != generation:
+                raise PreconditionFailed(f"GET {key}: object changed since open")
+            if sink.tell() < end - start:
+                raise _ShortRead(f"GET {key}: body ended at {start + sink.tell()} of {end}")
+
+        with _translated(f"GET {key}"):
+            try:
+                self._retrier.call(attempt)
+            except _ShortRead as exc:
+                raise StoreError(str(exc)) from exc
+        data = sink.getvalue()
         if len(data) != end - start:
-            raise StoreError(f"GET {key}: short read ({len(data)} of {end - start} bytes)")
+            raise StoreError(f"GET {key}: read {len(data)} of {end - start} bytes")
         return data
 
     def _upload(self, key: str, data: bytes | memoryview, options: UploadOptions | None,
@@ -188,8 +251,7 @@ class GcsStore:
             blob.metadata = metadata
         checksum = "crc32c" if options is not None and options.checksum == "crc32c" else None
         self._call(f"PUT {key}", blob.upload_from_string, bytes(data),
-                   content_type="application/octet-stream", checksum=checksum,
-                   timeout=TIMEOUT, retry=DEFAULT_RETRY)
+                   content_type="application/octet-stream", checksum=checksum)
         return blob
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
@@ -206,23 +268,43 @@ class GcsStore:
         upload_id = uuid.uuid4().hex
         meta = {"key": key, "storage-class": options.storage_class or "",
                 "kms-key": options.sse_kms_key_id or ""}
-        self._upload(self._part_name(upload_id, "upload"), b"", None, metadata=meta)
+        began = time.time()
+        try:  # a retry rewrites the same marker: nothing to reconcile on success
+            self._upload(self._part_name(upload_id, "upload"), b"", None, metadata=meta)
+        except StoreError:
+            with self._lock:  # a failed attempt may still have written the marker
+                self._suspects[key] = min(began, self._suspects.get(key, began))
+            raise
         return upload_id
+
+    def reconcile_uploads(self, key: str, since: float) -> int:
+        """Abort `key`'s uploads created since `since` if a create of `key` failed."""
+        with self._lock:
+            suspect = self._suspects.pop(key, None)
+        if suspect is None:
+            return 0
+        floor = min(since, suspect) - CLOCK_SKEW
+        aborted = 0
+        for upload_key, upload_id, created in self._markers(key):
+            if upload_key == key and (created is None or created.timestamp() >= floor):
+                self.abort_upload(key, upload_id)
+                aborted += 1
+        return aborted
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
                     options: UploadOptions) -> PartResult:
         blob = self._upload(self._part_name(upload_id, number), data, options)
-        return PartResult(number, str(blob.generation), blob.crc32c)
+        return PartResult(number, str(blob.generation), blob.crc32c, len(data))
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                          start: int, end: int, source_etag: str) -> PartResult:
         data = self.get_range(source_key, start, end, source_etag)
         blob = self._upload(self._part_name(upload_id, number), data, None)
-        return PartResult(number, str(blob.generation))
+        return PartResult(number, str(blob.generation), size=len(data))
 
     def _marker(self, upload_id: str) -> storage.Blob:
         blob = self._call(f"upload {upload_id}", self._bucket.get_blob,
-                          self._part_name(upload_id, "upload"), timeout=TIMEOUT)
+                          self._part_name(upload_id, "upload"))
         if blob is None:
             raise NotFound(f"upload {upload_id} does not exist")
         return blob
@@ -239,8 +321,9 @@ class GcsStore:
             for index in range(0, len(sources), COMPOSE_LIMIT):
                 intermediates += 1
                 target = self._bucket.blob(self._part_name(upload_id, f"c{intermediates:05d}"))
+                # A retry recomposes the same sources into the same temporary name.
                 self._call(f"compose {key}", target.compose,
-                           sources[index:index + COMPOSE_LIMIT], timeout=TIMEOUT)
+                           sources[index:index + COMPOSE_LIMIT])
                 grouped.append(target)
             sources = grouped
         final = self._bucket.blob(key)
@@ -252,10 +335,43 @@ class GcsStore:
         if not sources:  # an upload with no parts is an empty object
             generation = self.put(key, b"", UploadOptions())
         else:
-            self._call(f"compose {key}", final.compose, sources, timeout=TIMEOUT)
-            generation = str(final.generation)
+            generation = self._compose_final(key, final, sources, ordered)
         self._delete_temporaries(upload_id)
         return generation
+
+    def _compose_final(self, key: str, final: storage.Blob, sources: list[storage.Blob],
+                       parts: Sequence[PartResult]) -> str:
+        before = self.head(key)
+        prior = int(before.etag) if before is not None else 0
+        attempts = Attempts()
+        try:
+            self._call(f"compose {key}", final.compose, sources, attempts=attempts,
+                       if_generation_match=prior)
+        except StoreError:
+            generation = self._reconcile_compose(key, prior, parts)
+            if generation is None:
+                raise
+            log.info("compose of a multipart upload reconciled", key=key)
+            return generation
+        return str(final.generation)
+
+    def _reconcile_compose(self, key: str, prior: int,
+                           parts: Sequence[PartResult]) -> str | None:
+        """The key's generation if a lost attempt composed it, else None: a newer
+        generation than `prior`, of the parts' total size and component count."""
+        try:
+            blob = self._call(f"HEAD {key}", self._bucket.get_blob, key)
+        except StoreError:
+            return None
+        if blob is None or int(blob.generation or 0) <= prior:
+            return None
+        size = sum(part.size or 0 for part in parts)
+        if any(part.size is None for part in parts) or int(blob.size or 0) != size:
+            return None
+        # Composing composites adds up their counts; each part is one component.
+        if blob.component_count is not None and blob.component_count != len(parts):
+            return None
+        return str(blob.generation)
 
     def _delete_temporaries(self, upload_id: str) -> None:
         page_token: str | None = None
@@ -272,24 +388,33 @@ class GcsStore:
         self._delete_temporaries(upload_id)
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+        return [(key, upload_id) for key, upload_id, _ in self._markers(prefix)]
+
+    def _markers(self, prefix: str) -> list[tuple[str, str, Any]]:
+        """(key, upload id, time created) of every upload marker for keys under prefix."""
+        found: list[tuple[str, str, Any]] = []
         page_token: str | None = None
         while True:
-            with _translated(f"ListUploads {prefix}"):
+            def one_page(token: str | None = page_token) -> tuple[list[Any], str | None]:
                 iterator = self._client.list_blobs(self._bucket, prefix=UPLOADS,
-                                                   page_token=page_token, timeout=TIMEOUT)
+                                                   page_token=token, timeout=self._timeout,
+                                                   retry=None)
                 page = next(iterator.pages, None)
-                for blob in page or ():
-                    key = (blob.metadata or {}).get("key", "")
-                    if blob.name.endswith("/upload") and key.startswith(prefix):
-                        found.append((key, blob.name[len(UPLOADS):].split("/", 1)[0]))
-            page_token = iterator.next_page_token
+                return list(page or ()), iterator.next_page_token
+
+            with _translated(f"ListUploads {prefix}"):
+                blobs, page_token = self._retrier.call(one_page)
+            for blob in blobs:
+                key = (blob.metadata or {}).get("key", "")
+                if blob.name.endswith("/upload") and key.startswith(prefix):
+                    found.append((key, blob.name[len(UPLOADS):].split("/", 1)[0],
+                                  blob.time_created))
             if not page_token:
                 return found
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFound):  # S3 deletes are idempotent; keep that
-            self._call(f"DELETE {key}", self._bucket.delete_blob, key, timeout=TIMEOUT)
+            self._call(f"DELETE {key}", self._bucket.delete_blob, key)
 
     def delete_prefix(self, prefix: str) -> int:
         deleted = 0

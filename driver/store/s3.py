@@ -1,7 +1,10 @@
 """S3 (and S3-compatible: R2, GCS-HMAC, SeaweedFS, MinIO) through boto3/botocore.
 
-botocore does signing and retries (standard mode); this module only maps requests and
-translates errors into the store's error family, in `_translate`, the one place that does.
+botocore does signing; retries are ours (`driver/store/retry.py`, botocore's are off) so
+that every retried request that is not idempotent is reconciled here (see
+`driver/store/base.py` for the rules, and the `_reconcile_*` methods below). Ranged GETs
+resume from the first missing byte, pinned to the ETag of the first answer. Errors are
+translated into the store's error family in `_translate`, the one place that does.
 Checksums of whole responses are off (`when_required`): ranged GETs are pinned by ETag
 instead, and uploads carry an explicit CRC32C per part when --upload-checksums=crc32c.
 """
@@ -9,12 +12,17 @@ instead, and uploads carry an explicit CRC32C per part when --upload-checksums=c
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
+import hashlib
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
+import structlog
 from botocore.config import Config
 
 from driver.store.base import (
@@ -30,8 +38,34 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.retry import Attempts, Retrier, Timeouts
 
+log = structlog.get_logger()
 T = TypeVar("T")
+# An upload's Initiated time is the store's clock; ours may differ by this much.
+CLOCK_SKEW = 30.0
+_RETRY_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests", "BadDigest",
+    "RequestTimeTooSkewed", "IncompleteBody",
+}
+
+
+class _ShortRead(Exception):
+    """A body ended before the bytes asked for: resume from where it stopped."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """A failed attempt worth repeating: throttling, 5xx, a connection or body cut."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in _RETRY_CODES or status >= 500 or status == 429
+    return isinstance(exc, botocore.exceptions.HTTPClientError
+                      | botocore.exceptions.ConnectionError
+                      | botocore.exceptions.IncompleteReadError
+                      | botocore.exceptions.ResponseStreamingError
+                      | _ShortRead)
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -92,13 +126,15 @@ def _info(key: str, size: int, etag: str, modified: Any) -> ObjectInfo:
     return ObjectInfo(key=key, size=int(size), etag=etag, last_modified=modified)
 
 
-def client_config(max_pool: int, path_style: bool, connect_timeout: float = 5) -> Config:
+def client_config(max_pool: int, path_style: bool,
+                  timeouts: Timeouts | None = None) -> Config:
+    timeouts = timeouts or Timeouts()
     return Config(
         max_pool_connections=max_pool,
         s3={"addressing_style": "path" if path_style else "auto"},
-        retries={"mode": "standard", "max_attempts": 4},
-        connect_timeout=connect_timeout,
-        read_timeout=60,
+        retries={"mode": "standard", "total_max_attempts": 1},  # retries are ours
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -127,9 +163,12 @@ class S3Store:
 
     def __init__(self, bucket: str, session: boto3.Session, *, endpoint_url: str | None = None,
                  region: str | None = None, path_style: bool = False,
-                 requester_pays: bool = False, max_pool: int = 16) -> None:
+                 requester_pays: bool = False, max_pool: int = 16,
+                 timeouts: Timeouts | None = None) -> None:
         self.bucket = bucket
-        self._config = client_config(max_pool, path_style)
+        self.timeouts = timeouts or Timeouts()
+        self._retrier = Retrier(self.timeouts, retryable)
+        self._config = client_config(max_pool, path_style, self.timeouts)
         self._session = session
         self._endpoint_url = endpoint_url
         if region is None and endpoint_url is None:
@@ -138,10 +177,15 @@ class S3Store:
         self._client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url,
                                       config=self._config)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
+        # key -> earliest time.time() a create of it was retried or failed (see
+        # reconcile_uploads).
+        self._suspects: dict[str, float] = {}
+        self._lock = threading.Lock()
 
-    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+    def _call(self, what: str, fn: Callable[..., T], attempts: Attempts | None = None,
+              **kwargs: Any) -> T:
         with _translated(what):
-            return fn(Bucket=self.bucket, **kwargs)
+            return self._retrier.call(lambda: fn(Bucket=self.bucket, **kwargs), attempts)
 
     def check_bucket(self) -> str | None:
         # ListObjectsV2 proves both that the bucket exists and that we may list it.
@@ -178,24 +222,44 @@ class S3Store:
         return ListPage(objects, prefixes, next_token)
 
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        """Bytes [start, end): a GET cut mid-body resumes from the first missing byte,
+        pinned to the ETag the first answer had, until the operation's deadline."""
         if end <= start:
             return b""
-        kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{end - 1}", **self._payer}
-        if etag:
-            kwargs["IfMatch"] = etag
-        with _translated(f"GET {key}"):
+        chunks: list[bytes] = []
+        got = 0
+        pinned = etag
+
+        def attempt() -> None:
+            nonlocal got, pinned
+            kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start + got}-{end - 1}",
+                                      **self._payer}
+            if pinned:
+                kwargs["IfMatch"] = pinned
             response = self._client.get_object(Bucket=self.bucket, **kwargs)
+            # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
+            answered = response.get("ETag")
+            if pinned and answered and answered != pinned:
+                response["Body"].close()
+                raise PreconditionFailed(f"GET {key}: object changed since open")
+            pinned = pinned or answered
             body = response["Body"]
             try:
-                data = body.read()
+                for chunk in body.iter_chunks(1 << 20):
+                    chunk = chunk[: end - start - got]
+                    chunks.append(chunk)
+                    got += len(chunk)
             finally:
                 body.close()
-        # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
-        if etag and response.get("ETag") and response["ETag"] != etag:
-            raise PreconditionFailed(f"GET {key}: object changed since open")
-        if len(data) != end - start:
-            raise StoreError(f"GET {key}: short read ({len(data)} of {end - start} bytes)")
-        return data
+            if got < end - start:
+                raise _ShortRead(f"GET {key}: body ended at {start + got} of {end}")
+
+        with _translated(f"GET {key}"):
+            try:
+                self._retrier.call(attempt)
+            except _ShortRead as exc:
+                raise StoreError(str(exc)) from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _object_kwargs(self, options: UploadOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._payer)
@@ -219,10 +283,49 @@ class S3Store:
         return str(response["ETag"])
 
     def create_upload(self, key: str, options: UploadOptions) -> str:
-        response = self._call(f"CreateMultipartUpload {key}",
-                              self._client.create_multipart_upload, Key=key,
-                              **self._object_kwargs(options))
+        began = time.time()
+        attempts = Attempts()
+        try:
+            response = self._call(f"CreateMultipartUpload {key}",
+                                  self._client.create_multipart_upload, attempts, Key=key,
+                                  **self._object_kwargs(options))
+        except StoreError:
+            self._suspect(key, began)  # an attempt may have created an upload
+            raise
+        if attempts.count > 1:
+            self._suspect(key, began)  # an earlier attempt may have created one too
         return str(response["UploadId"])
+
+    def _suspect(self, key: str, began: float) -> None:
+        with self._lock:
+            self._suspects[key] = min(began, self._suspects.get(key, began))
+
+    def reconcile_uploads(self, key: str, since: float) -> int:
+        """Abort `key`'s uploads initiated since `since` if one of its creates was retried."""
+        with self._lock:
+            suspect = self._suspects.pop(key, None)
+        if suspect is None:
+            return 0
+        floor = min(since, suspect) - CLOCK_SKEW
+        aborted = 0
+        for upload_key, upload_id, initiated in self._uploads_of(key):
+            if upload_key == key and (initiated is None or initiated.timestamp() >= floor):
+                self.abort_upload(key, upload_id)
+                aborted += 1
+        return aborted
+
+    def _uploads_of(self, key: str) -> list[tuple[str, str, Any]]:
+        found: list[tuple[str, str, Any]] = []
+        kwargs: dict[str, Any] = {"Prefix": key}
+        while True:
+            response = self._call(f"ListMultipartUploads {key}",
+                                  self._client.list_multipart_uploads, **kwargs)
+            found += [(item["Key"], item["UploadId"], item.get("Initiated"))
+                      for item in response.get("Uploads", ())]
+            if not response.get("IsTruncated"):
+                return found
+            kwargs.update(KeyMarker=response.get("NextKeyMarker", ""),
+                          UploadIdMarker=response.get("NextUploadIdMarker", ""))
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
                     options: UploadOptions) -> PartResult:
@@ -234,7 +337,7 @@ class S3Store:
                               Key=key, UploadId=upload_id, PartNumber=number,
                               Body=bytes(data) if isinstance(data, memoryview) else data,
                               **kwargs)
-        return PartResult(number, str(response["ETag"]), checksum)
+        return PartResult(number, str(response["ETag"]), checksum, len(data))
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                          start: int, end: int, source_etag: str) -> PartResult:
@@ -247,7 +350,8 @@ class S3Store:
         )
         result = response["CopyPartResult"]
         # With a checksummed upload the copied part's checksum must be listed at completion.
-        return PartResult(number, str(result["ETag"]), result.get("ChecksumCRC32C"))
+        return PartResult(number, str(result["ETag"]), result.get("ChecksumCRC32C"),
+                          end - start)
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartResult]) -> str:
         listed = []
@@ -256,11 +360,42 @@ class S3Store:
             if part.checksum_crc32c:
                 entry["ChecksumCRC32C"] = part.checksum_crc32c
             listed.append(entry)
-        response = self._call(f"CompleteMultipartUpload {key}",
-                              self._client.complete_multipart_upload, Key=key,
-                              UploadId=upload_id, MultipartUpload={"Parts": listed},
-                              **self._payer)
+        try:
+            response = self._call(f"CompleteMultipartUpload {key}",
+                                  self._client.complete_multipart_upload, Key=key,
+                                  UploadId=upload_id, MultipartUpload={"Parts": listed},
+                                  **self._payer)
+        except StoreError:
+            # NoSuchUpload on a retry, or no answer within the deadline: an attempt may
+            # have completed the upload. It did exactly when the object is the one these
+            # parts make (same ETag, or same size and part count).
+            if (etag := self._reconcile_complete(key, parts)) is not None:
+                log.info("complete of a multipart upload reconciled", key=key)
+                return etag
+            raise
         return str(response["ETag"])
+
+    def _reconcile_complete(self, key: str, parts: Sequence[PartResult]) -> str | None:
+        """The object's ETag if it is the object `parts` complete to, else None."""
+        try:
+            head = self._call(f"HEAD {key}", self._client.head_object, Key=key,
+                              **self._payer)
+        except StoreError:
+            return None
+        etag = str(head.get("ETag", ""))
+        expected = multipart_etag(parts)
+        if expected is not None:
+            return etag if etag == expected else None
+        # Part ETags are not MD5s (SSE-KMS): compare the size and the number of parts.
+        size = sum(part.size or 0 for part in parts)
+        if any(part.size is None for part in parts) or head.get("ContentLength") != size:
+            return None
+        try:
+            first = self._call(f"HEAD {key}", self._client.head_object, Key=key,
+                               PartNumber=1, **self._payer)
+        except StoreError:
+            return None
+        return etag if first.get("PartsCount") == len(parts) else None
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(NotFound):
@@ -273,7 +408,8 @@ class S3Store:
         return [(item["Key"], item["UploadId"]) for item in response.get("Uploads", ())]
 
     def delete(self, key: str) -> None:
-        self._call(f"DELETE {key}", self._client.delete_object, Key=key, **self._payer)
+        with contextlib.suppress(NotFound):  # gone already (a retry after a lost reply)
+            self._call(f"DELETE {key}", self._client.delete_object, Key=key, **self._payer)
 
     def delete_prefix(self, prefix: str) -> int:
         deleted = 0
@@ -292,6 +428,21 @@ class S3Store:
             token = page.next_token
             if token is None:
                 return deleted
+
+
+def multipart_etag(parts: Sequence[PartResult]) -> str | None:
+    """S3's ETag of a completed multipart upload: MD5 of the parts' binary MD5s, "-N";
+    None when a part ETag is not an MD5 (SSE-KMS, some S3-compatible stores)."""
+    digests = []
+    for part in sorted(parts, key=lambda item: item.number):
+        text = part.etag.strip('"')
+        if len(text) != 32:
+            return None
+        try:
+            digests.append(binascii.unhexlify(text))
+        except binascii.Error:
+            return None
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'  # noqa: S324
 
 
 def crc32c_b64(data: bytes | memoryview) -> str:

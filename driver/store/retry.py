@@ -1,0 +1,78 @@
+"""Bounded retries shared by the stores: one deadline per operation, jittered backoff.
+
+Every store call runs through `Retrier.call`: each attempt has connect and read timeouts
+(so a stalled request is abandoned), failed attempts that the store calls retryable are
+repeated with full-jitter exponential backoff, and a new attempt starts only while it can
+still time out before the operation's deadline (`total` seconds from its start). So one
+operation takes at most about `total` seconds, whatever the store does.
+
+The stores' clients do no retrying of their own (botocore `total_max_attempts=1`,
+google-cloud-storage `retry=None`): a retry of a call that is not idempotent must be
+reconciled with what the first attempt may already have done, and only the store knows
+how. `Attempts.count` tells it whether a retry happened.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """What one store operation may take: `total` for all attempts together."""
+
+    total: float = 60.0
+    base_delay: float = 0.05
+    max_delay: float = 4.0
+
+    @property
+    def connect(self) -> float:
+        return max(0.5, min(5.0, self.total / 12))
+
+    @property
+    def read(self) -> float:
+        # Longest silence on an open connection before the attempt is abandoned; a third
+        # of the budget leaves room for at least two more attempts.
+        return max(1.0, min(20.0, self.total / 3))
+
+
+@dataclass
+class Attempts:
+    """How many attempts an operation made (1 = no retry)."""
+
+    count: int = 0
+
+
+class Retrier:
+    def __init__(self, timeouts: Timeouts, retryable: Callable[[BaseException], bool],
+                 *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeouts = timeouts
+        self.retryable = retryable
+        self._sleep = sleep
+        self._clock = clock
+
+    def call(self, fn: Callable[[], T], attempts: Attempts | None = None) -> T:
+        """Run `fn` until it succeeds, fails for good, or the deadline leaves no room."""
+        attempts = attempts if attempts is not None else Attempts()
+        limits = self.timeouts
+        deadline = self._clock() + limits.total
+        one_attempt = limits.connect + limits.read
+        while True:
+            attempts.count += 1
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified below, else re-raised
+                if not self.retryable(exc):
+                    raise
+                delay = random.uniform(0, min(limits.max_delay,  # noqa: S311 - jitter
+                                              limits.base_delay * 2 ** attempts.count))
+                if self._clock() + delay + one_attempt > deadline:
+                    raise
+                self._sleep(delay)
