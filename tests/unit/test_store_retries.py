@@ -227,3 +227,64 @@ def test_multipart_etag_formula():
     part = PartResult(1, '"' + digest.hex() + '"')
     assert multipart_etag([part]) == '"' + hashlib.md5(digest).hexdigest() + '-1"'  # noqa: S324
     assert multipart_etag([PartResult(1, '"kms-opaque"')]) is None
+
+
+# ---------------------------------------------------------------------------------------
+# GcsStore's compose rule (fake-gcs-server ignores ifGenerationMatch on compose, so the
+# lost-reply path is proven here, with the client's objects stubbed)
+
+
+class _Blob:
+    def __init__(self, generation: int | None, size: int, components: int | None) -> None:
+        self.generation, self.size, self.component_count = generation, size, components
+        self.name, self.updated = "k", None
+
+
+def _gcs_store(current: _Blob | None):
+    from google.auth.credentials import AnonymousCredentials
+
+    from driver.store.gcs import GcsStore
+
+    store = GcsStore("b", AnonymousCredentials(), "p", endpoint_url="http://127.0.0.1:9",
+                     timeouts=FAST)
+    store._bucket.get_blob = lambda key, **kwargs: current  # type: ignore[method-assign]
+    return store
+
+
+class _Final:
+    """The compose target: its compose takes effect, then the reply is lost; the retry
+    fails its ifGenerationMatch precondition, as GCS answers."""
+
+    def __init__(self, landed: _Blob, holder: list[_Blob | None]) -> None:
+        self.calls: list[dict] = []
+        self._landed, self._holder = landed, holder
+        self.generation = None
+
+    def compose(self, sources, **kwargs):
+        import google.api_core.exceptions as gexc
+        import requests
+
+        self.calls.append(kwargs)
+        if len(self.calls) == 1:
+            self._holder[0] = self._landed
+            raise requests.ConnectionError("reply lost")
+        raise gexc.PreconditionFailed("generation does not match")
+
+
+@pytest.mark.parametrize(("landed", "ok"), [
+    (_Blob(7, 150, 2), True),  # a newer object of the parts' size and count: ours
+    (_Blob(7, 149, 2), False),  # wrong size: someone else's
+    (_Blob(7, 150, 3), False),  # wrong component count
+])
+def test_gcs_compose_after_a_lost_reply_is_a_success_only_when_the_object_is_ours(landed, ok):
+    holder: list[_Blob | None] = [_Blob(5, 10, None)]  # the key's object before the write
+    store = _gcs_store(None)
+    store._bucket.get_blob = lambda key, **kwargs: holder[0]  # type: ignore[method-assign]
+    final = _Final(landed, holder)
+    parts = [PartResult(1, "11", size=100), PartResult(2, "12", size=50)]
+    if ok:
+        assert store._compose_final("k", final, [], parts) == "7"
+    else:
+        with pytest.raises(StoreError):
+            store._compose_final("k", final, [], parts)
+    assert [call["if_generation_match"] for call in final.calls] == [5, 5]
