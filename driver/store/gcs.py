@@ -73,7 +73,7 @@ CLOCK_SKEW = 30.0  # a marker's timeCreated is the store's clock; ours may diffe
 def retryable(exc: BaseException) -> bool:
     """A failed attempt worth repeating: throttling, 5xx, a connection or body cut."""
     if isinstance(exc, gexc.GoogleAPICallError):
-        return isinstance(exc, gexc.TooManyRequests | gexc.ServerError | gexc.RequestTimeout)
+        return isinstance(exc, gexc.TooManyRequests | gexc.ServerError) or exc.code == 408
     return isinstance(exc, requests.ConnectionError | requests.Timeout |
                       requests.exceptions.ChunkedEncodingError |
                       google.auth.exceptions.TransportError | urllib3.exceptions.HTTPError |

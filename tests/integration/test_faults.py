@@ -186,6 +186,7 @@ def _workload(mnt: MountProcess, seed: int) -> tuple[dict[str, bytes], dict[str,
     written: dict[str, bytes] = {}
     failed: dict[str, OSError] = {}
     problems: list[str] = []
+    eio_reads: list[str] = []
     for index in range(6):
         name = f"f{index}.bin"
         data = rng.randbytes(rng.choice([1000, 300_000, 6 * MiB + 11]))
@@ -200,8 +201,7 @@ def _workload(mnt: MountProcess, seed: int) -> tuple[dict[str, bytes], dict[str,
         try:
             listed = set(os.listdir(mnt.path))
         except OSError as exc:
-            if exc.errno != errno.EIO:
-                problems.append(f"listing failed with {exc!r}")
+            problems.append(f"listing failed with {exc!r}")  # allowed, but not expected
             continue
         if not set(written) <= listed:
             problems.append(f"listing incomplete: {sorted(set(written) - listed)} missing")
@@ -210,16 +210,22 @@ def _workload(mnt: MountProcess, seed: int) -> tuple[dict[str, bytes], dict[str,
             with open(mnt / name, "rb") as handle:
                 got = handle.read()
         except OSError as exc:
-            if exc.errno not in (errno.EIO,):
+            if exc.errno != errno.EIO:
                 problems.append(f"read of {name} failed with {exc!r}")
+            eio_reads.append(name)
             continue
         if got != data:
             problems.append(f"read of {name} returned wrong bytes")
+    if len(eio_reads) > 1:  # EIO is allowed, but the budget should absorb 10% faults
+        problems.append(f"reads failed with EIO: {eio_reads}")
     return written, failed, problems
 
 
 def _check(written, failed, problems, stored: dict[str, bytes], pending: list[str]) -> None:
     assert problems == []
+    # The retry budget absorbs 10% faults: an operation fails only after several faults
+    # in a row, so a failed write is rare (and a failed read is counted in `problems`).
+    assert len(failed) <= 1, failed
     for name, data in written.items():
         assert stored.get(name) == data, f"{name}: acknowledged write not byte-exact"
     for name, error in failed.items():
@@ -238,6 +244,7 @@ def test_s3_ten_percent_faults(s3, bucket, mount, s3_proxy, seed):
     mnt.close()
     s3_proxy.set_rate(0.0)
     assert sum(s3_proxy.counts().values()) > 0  # faults were injected
+    assert "failed unexpectedly" not in mnt.log()  # every error was a typed one
     _check(written, failed, problems, _s3_keys(s3, bucket), _s3_pending(s3, bucket))
 
 
@@ -251,6 +258,7 @@ def test_gcs_ten_percent_faults(gcs, gcs_bucket, gcs_mount, gcs_proxy, seed):  #
     mnt.close()
     gcs_proxy.set_rate(0.0)
     assert sum(gcs_proxy.counts().values()) > 0
+    assert "failed unexpectedly" not in mnt.log()
     _check(written, failed, problems, _gcs_keys(gcs, gcs_bucket),
            _gcs_pending(gcs, gcs_bucket))
 
