@@ -60,6 +60,7 @@ class Prefetcher:
         self._stream_start = 0
         self._closed = False
         self._budget_timeout = budget_timeout
+        self._active: list[tuple[int, int]] = []  # ranges of reads in progress: never shed
         self.requests = 0
         budget.register(self)
 
@@ -68,7 +69,16 @@ class Prefetcher:
         if length <= 0:
             return b""
         end = offset + length
-        for _ in range(16):  # a concurrent read may move the stream while this one waits
+        span = (offset, end)
+        self._active.append(span)
+        try:
+            return await self._read(offset, end)
+        finally:
+            self._active.remove(span)
+
+    async def _read(self, offset: int, end: int) -> memoryview | bytes:
+        length = end - offset
+        for _ in range(64):  # a concurrent read may move the stream while this one waits
             self._position(offset, end)
             await self._request_needed(offset, end)
             if self._covered_until(offset) >= end:
@@ -117,15 +127,29 @@ class Prefetcher:
             size = self._part_size_at(need_until)
             if size <= 0:
                 return
-            if not self._budget.try_reserve(size):
+            if self._next > offset and not self._budget.try_reserve(size):
+                # This read holds its first bytes already: waiting while holding them
+                # could deadlock, so take just the rest of the read (at most one read's
+                # length over the budget, until it is evicted).
+                size = need_until - self._next
+                self._budget.try_reserve(size, force=True)
+            elif self._next <= offset and not self._budget.try_reserve(size):
                 self._evict(floor=offset)  # what lies behind this read goes first
                 try:
                     await self._budget.reserve(size, self._budget_timeout, asker=self)
                 except BudgetTimeout as exc:
                     raise FsError(errno.EIO, str(exc)) from exc
-                if self._closed or self._next != start:  # the stream moved meanwhile
+                if self._closed:
                     self._budget.release(size)
                     return
+                if self._next != start:  # the stream moved meanwhile: place it again
+                    self._position(offset, need_until)
+                    if self._covered_until(offset) >= need_until:
+                        self._budget.release(size)
+                        return
+                    fit = min(size, self.size - self._next)  # and use the grant there
+                    self._budget.release(size - fit)
+                    size = fit
             self._add_part(size)
 
     def _part_size_at(self, need_until: int) -> int:
@@ -145,10 +169,12 @@ class Prefetcher:
         """Another reservation waits: give back parts no read needs now. First those
         behind the highest byte read, then finished read-ahead from the far end (the
         stream goes on from there); parts still downloading are left to finish."""
-        while self._parts and self._parts[0].end <= self._highest:
+        low = min((start for start, _ in self._active), default=self._highest)
+        high = max((end for _, end in self._active), default=self._highest)
+        while self._parts and self._parts[0].end <= min(self._highest, low):
             self._drop(self._parts.pop(0))
         while self._parts and self._parts[-1].done.is_set() and \
-                self._parts[-1].start >= self._highest:
+                self._parts[-1].start >= max(self._highest, high):
             part = self._parts.pop()
             self._drop(part)
             self._next = part.start

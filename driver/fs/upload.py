@@ -95,21 +95,37 @@ class Upload:
             raise error
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
-        await self._charge(len(self._buffer) + len(data))
-        self._buffer += data
-        self.size += len(data)
-        while len(self._buffer) >= self.part_size:
-            with memoryview(self._buffer) as view:  # one copy per part, not two
-                chunk = bytes(view[: self.part_size])
-            del self._buffer[: self.part_size]
-            await self._send(chunk)
+        view = memoryview(data)
+        taken = 0
+        while taken < len(data):
+            room = min(self._charged, self.part_size) - len(self._buffer)
+            if room <= 0:
+                await self._charge_next()
+                continue
+            piece = view[taken:taken + room]
+            self._buffer += piece
+            taken += len(piece)
+            self.size += len(piece)
+            if len(self._buffer) >= self.part_size:
+                with memoryview(self._buffer) as buffer:  # one copy per part, not two
+                    chunk = bytes(buffer[: self.part_size])
+                del self._buffer[: self.part_size]
+                await self._send(chunk)
         return len(data)
 
-    async def _charge(self, buffered: int) -> None:
-        """Hold budget for `buffered` bytes of buffer, waiting for room."""
-        if self._budget is None or buffered <= self._charged:
+    async def _charge_next(self) -> None:
+        """Hold budget for more buffer, waiting for room. A writer waits holding at most
+        its first MiB: a small file charges 1 MiB, one that outgrows it the rest of a
+        part, and each later part is charged whole while the previous one is in flight
+        (in-flight parts always end, so waiting writers cannot hold each other up)."""
+        if self._budget is None:
+            self._charged = self.part_size
             return
-        step = -(-(buffered - self._charged) // CHARGE_STEP) * CHARGE_STEP
+        if self._charged == 0:
+            step = self.part_size if self.size >= self.part_size else \
+                min(CHARGE_STEP, self.part_size)
+        else:
+            step = self.part_size - self._charged
         try:
             await self._budget.reserve(step, self._budget_timeout)
         except BudgetTimeout as exc:
@@ -118,11 +134,10 @@ class Upload:
 
     def _uncharge(self, size: int) -> None:
         """Give back `size` bytes of the buffer's charge (all of it: size=-1)."""
-        if self._budget is None:
-            return
         size = self._charged if size < 0 else min(size, self._charged)
         self._charged -= size
-        self._budget.release(size)
+        if self._budget is not None:
+            self._budget.release(size)
 
     async def _ensure_upload(self) -> str:
         if self._upload_id is None:
@@ -238,7 +253,12 @@ class Upload:
         assert self.etag is not None
         size, etag = self.committed_size, self.etag
         if size < MIN_PART:
-            await self._charge(size + len(self._buffer))
+            if self._budget is not None:
+                try:
+                    await self._budget.reserve(size, self._budget_timeout)
+                except BudgetTimeout as exc:
+                    raise FsError(errno.EIO, f"write to {self.key}: {exc}") from exc
+            self._charged += size
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
             self._buffer = bytearray(data) + self._buffer
             return
