@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import subprocess
@@ -124,6 +125,11 @@ def _mount(args: argparse.Namespace) -> int:
         validate_bucket(args.bucket)
     except OptionError as exc:
         raise CliError(f"invalid option --{exc}") from None
+    if options.max_cache_size is not None and options.cache is None:
+        raise CliError("invalid option --max-cache-size: needs --cache DIR")
+    if options.cache is not None:  # absolute: the background server may chdir
+        args.cache = os.path.abspath(options.cache)
+        options = dataclasses.replace(options, cache=args.cache)
     _check_mountpoint(args.mountpoint)
     if not args.foreground:
         return _spawn_background(args)

@@ -99,6 +99,19 @@ def _parse_threads(text: str) -> int:
     return value
 
 
+def _cache_dir(text: str) -> str:
+    if not text.strip() or "\0" in text:
+        raise ValueError("must be a directory path")
+    return text
+
+
+def _cache_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive number of MiB")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -163,6 +176,8 @@ class MountOptions:
     sse_kms_key_id: str | None = None
     upload_checksums: Literal["crc32c", "off"] = "crc32c"
     direct_io: bool = False
+    cache: str | None = None  # block cache directory (fs/cache.py); None: no cache
+    max_cache_size: int | None = None  # MiB; None: keep 5% of the cache's disk free
 
     @property
     def addressing_path_style(self) -> bool:
@@ -269,6 +284,9 @@ OPTION_SPECS: dict[str, OptionSpec] = {
         OptionSpec("sse-kms-key-id", _nonempty, help="KMS key for --sse aws:kms"),
         OptionSpec("upload-checksums", _choice("crc32c", "off"), help="crc32c|off"),
         OptionSpec("direct-io", _parse_bool, flag=True, help="bypass the kernel page cache"),
+        OptionSpec("cache", _cache_dir, help="cache object data in this local directory"),
+        OptionSpec("max-cache-size", _cache_size,
+                   help="MiB the cache may hold (default: keep 5 percent of its disk free)"),
     )
 }
 

@@ -8,7 +8,10 @@ valid file name ("", ".", "..", too long, containing NUL) are hidden.
 Metadata comes from HEAD and ListObjectsV2 (delimiter "/") and is trusted for
 `metadata_ttl` seconds. Reads go through a per-handle `Prefetcher` pinned to the ETag seen
 at open; writes through a per-handle `Upload`. All store calls run on worker threads
-(`run_sync`), never on the event loop.
+(`run_sync`), never on the event loop. With `--cache DIR` the prefetcher's fetches go
+through the block cache (`fs/cache.py`), keyed by that same ETag: an object whose ETag is
+re-confirmed at lookup/open (HEAD after `metadata_ttl`) is served from disk, a changed one
+has a new ETag and is fetched afresh.
 
 `pyfuse3`-specific types live in `fuse.py`; this module raises `FsError(errno)` and
 returns plain `Attributes`.
@@ -29,6 +32,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver.fs.cache import BlockCache, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
@@ -38,6 +42,7 @@ from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, Upl
 
 log = structlog.get_logger()
 NAME_MAX = 255
+MiB = 1024 * 1024
 # A directory that fits in one LIST page is listed once per metadata TTL and its entries
 # are looked up from that listing (rclone's directory cache, bounded to small directories).
 LISTING_CACHE_MAX = 1000
@@ -112,6 +117,12 @@ class Filesystem:
             checksum=None if options.upload_checksums == "off" else options.upload_checksums)
         self._uploads: set[Upload] = set()
         self._listing_inflight: dict[int, trio.Event] = {}
+        self.cache: BlockCache | None = None
+        if options.cache:
+            max_size = None if options.max_cache_size is None else options.max_cache_size * MiB
+            self.cache = BlockCache(options.cache, max_size).open()
+        self._cache_io = trio.CapacityLimiter(4)  # disk threads, apart from store threads
+        self._cache_writes = WriteBudget(4 * options.read_part_size)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -472,9 +483,16 @@ class Filesystem:
         async def fetch(start: int, end: int) -> bytes:
             return await self._store(self.store.get_range, key, start, end, etag)
 
-        return Prefetcher(fetch, inode.size, self._nursery.start_soon, self.budget,
+        source: Callable[[int, int], Any] = fetch
+        align = 1
+        if self.cache is not None and self.cache.readable and etag:
+            version = ObjectVersion(self.store.bucket, key, etag, inode.size)
+            source = CachedFetch(self.cache, version, fetch, self._nursery.start_soon,
+                                 self._cache_io, self._cache_writes)
+            align = self.cache.block_size
+        return Prefetcher(source, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
-                          max_parallel=self.prefetch_parallel)
+                          max_parallel=self.prefetch_parallel, align=align)
 
     def _start_upload(self, inode: Inode) -> Upload:
         assert self._nursery is not None
@@ -618,6 +636,10 @@ class Filesystem:
             if upload.dirty and not upload.aborted:
                 log.error("upload abandoned at shutdown", key=upload.key, size=upload.size)
                 await upload.abort()
+        if self.cache is not None:
+            with trio.move_on_after(30):  # blocks fetched just before unmount
+                await self._cache_writes.wait_idle()
+            self.cache.close()
 
 
 def _timestamp(info: ObjectInfo) -> float:

@@ -6,7 +6,9 @@ window is covered by requests of up to `part_size` bytes that run in parallel. A
 from the stream resets it to a small first request, so random readers do not pay for
 sequential read-ahead. Parts already read are kept for `keep_behind` bytes below the highest
 offset read, because the kernel's read-ahead requests arrive somewhat out of order. Every
-byte a prefetcher holds is charged to a `MemoryBudget` shared by the whole mount.
+byte a prefetcher holds is charged to a `MemoryBudget` shared by the whole mount. With a
+block cache (`align` = its block size) parts end on block boundaries, so no two parts
+fetch the same block.
 """
 
 from __future__ import annotations
@@ -44,19 +46,20 @@ class _Part:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes = b""
+    data: bytes | memoryview = b""
     error: BaseException | None = None
     dropped: bool = False
 
 
-Fetch = Callable[[int, int], Awaitable[bytes]]
+Fetch = Callable[[int, int], Awaitable[bytes | memoryview]]
 
 
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
-                 keep_behind: int = 32 * MiB) -> None:
+                 keep_behind: int = 32 * MiB, align: int = 1) -> None:
         self._fetch = fetch
+        self.align = align
         self._spawn = spawn  # nursery.start_soon of a nursery that outlives this file
         self._budget = budget
         self.size = size
@@ -145,6 +148,9 @@ class Prefetcher:
             if need_until > self._next:  # the reader waits on these bytes: one request
                 size = max(size, min(need_until - self._next, self.part_size))
             size = min(size, self.size - self._next)
+            if self.align > 1:  # end on a cache block boundary
+                size = min(-(-(self._next + size) // self.align) * self.align,
+                           self.size) - self._next
             if size <= 0:
                 return
             if not self._budget.try_reserve(size, force=self._next < need_until):
