@@ -323,8 +323,9 @@ class CachedFetch:
 
     A request [start, end) is widened to whole blocks; cached blocks are read on a worker
     thread, each run of missing blocks is one ranged GET through `fetch`, and the new
-    blocks are written to the cache in the background (skipped when writes fall behind,
-    so the cache never holds up a read or piles up memory).
+    blocks are written to the cache in the background. Pending writes are bounded
+    (`WriteBudget`): when the disk falls behind, fetches wait for it rather than skip
+    blocks or pile up memory.
     """
 
     def __init__(self, cache: BlockCache, version: ObjectVersion,
@@ -357,7 +358,7 @@ class CachedFetch:
             fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
                      for i in range(index, run_end + 1)}
             blocks.update(fresh)
-            self._store_later(fresh, hi - lo)
+            await self._store_later(fresh, hi - lo)
             if lo == start and hi == end and len(fresh) == last - first + 1:
                 return data  # the whole request was one GET: no copy
             index = run_end + 1
@@ -373,9 +374,10 @@ class CachedFetch:
                 found[index] = data
         return found
 
-    def _store_later(self, blocks: dict[int, memoryview], size: int) -> None:
-        if not self.cache.writable or not self._writes.try_take(size):
+    async def _store_later(self, blocks: dict[int, memoryview], size: int) -> None:
+        if not self.cache.writable:
             return
+        await self._writes.take(size)  # back-pressure: a slow disk slows the cold read
         self._spawn(self._store, blocks, size)
 
     async def _store(self, blocks: dict[int, memoryview], size: int) -> None:
@@ -395,19 +397,22 @@ class WriteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pending = 0
+        self._room = trio.Event()  # set (and replaced) whenever bytes are given back
         self._idle = trio.Event()
         self._idle.set()
 
-    def try_take(self, size: int) -> bool:
-        if self.pending and self.pending + size > self.limit:
-            return False
+    async def take(self, size: int) -> None:
+        """Wait until `size` more bytes may be pending (one request always may)."""
+        while self.pending and self.pending + size > self.limit:
+            await self._room.wait()
         if not self.pending:
             self._idle = trio.Event()
         self.pending += size
-        return True
 
     def give_back(self, size: int) -> None:
         self.pending -= size
+        self._room.set()
+        self._room = trio.Event()
         if not self.pending:
             self._idle.set()
 
