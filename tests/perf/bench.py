@@ -357,6 +357,8 @@ class Runner:
         if not client.is_mount:
             result = workload.run_raw(self.ctx)
             return sample(result, None)
+        if workload.mount_flags and isinstance(client, Cloudbucket):
+            client = client.with_flags(workload.mount_flags)
         target = self._target()
         try:
             if isinstance(workload, MountTime) and self.publisher is not None \

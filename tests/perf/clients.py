@@ -10,6 +10,7 @@ the environment, never argv.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -135,6 +136,10 @@ class Cloudbucket(Client):
 
     count_requests: bool = False  # run tests.perf.instrumented: store calls are counted
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
+
+    def with_flags(self, extra: tuple[str, ...]) -> Cloudbucket:
+        """The same client with more mount flags (a workload's own, e.g. --cache DIR)."""
+        return dataclasses.replace(self, flags=self.flags + extra)
 
     def counts_file(self, mounted: Mounted) -> Path:
         return mounted.log_file.with_suffix(".counts.json")

@@ -23,7 +23,13 @@ RATIO_TARGETS: list[tuple[str, str, float]] = [
     ("seq_write", RAW, 0.8), ("seq_write", "s3fs", 1.5),
     ("ls_l", "fastest-peer", 1.0),
     ("small_seq", "fastest-peer", 1.0), ("small_par8", "fastest-peer", 1.0),
+    ("cache_seq_read", RAW, 1.5),
 ]
+# (workload, minimum): our second pass against our own first pass, from each sample's
+# "speedup" (the cache workloads read the same data twice on one mount).
+SPEEDUP_TARGETS: list[tuple[str, float]] = [("cache_seq_read", 2.0), ("cache_small", 2.0)]
+# (workload, other workload, minimum): our figure in one against our figure in the other.
+CROSS_TARGETS: list[tuple[str, str, float]] = [("cache_rand_read", "rand_read", 5.0)]
 CPU_TARGETS = ("seq_read", "seq_read_4")
 
 
@@ -149,6 +155,29 @@ def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
         status = "PASS" if ratio >= minimum else "MISS"
         targets.append(_target(label, status, f"{ratio:.2f}x (ours {_fmt(ours, unit)}, "
                                f"{comparator} {_fmt(theirs, unit)})", ratio, minimum))
+    for name, minimum in SPEEDUP_TARGETS:
+        ours = workloads.get(name, {}).get("results", {}).get(OURS, {})
+        speedups = [run["speedup"] for run in ours.get("runs", ()) if "speedup" in run]
+        if not speedups:
+            continue
+        ratio = _median(speedups)
+        assert ratio is not None
+        targets.append(_target(f"{name} second pass >= {minimum}x the first", "PASS"
+                               if ratio >= minimum else "MISS", f"{ratio:.2f}x (median)",
+                               ratio, minimum))
+    for name, other, minimum in CROSS_TARGETS:
+        if name not in workloads or other not in workloads:
+            continue
+        entry = workloads[name]
+        ratio = _speedup(entry["results"].get(OURS, {}).get("median"),
+                         workloads[other]["results"].get(OURS, {}).get("median"),
+                         entry["higher_is_better"])
+        label = f"{name} >= {minimum}x {other} (ours)"
+        if ratio is None:
+            targets.append(_target(label, "SKIP", "not measured", threshold=minimum))
+            continue
+        targets.append(_target(label, "PASS" if ratio >= minimum else "MISS",
+                               f"{ratio:.2f}x", ratio, minimum))
     limit_mib = document["limits"]["rss_limit_mib"]
     for name, entry in workloads.items():
         ours = entry["results"].get(OURS, {})

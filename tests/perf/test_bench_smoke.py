@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -116,3 +117,23 @@ def test_mount_time_goes_through_node_publish_when_the_csi_server_exists(tmp_pat
     else:
         assert "stand-in" in entry["description"]
     assert [e.target for e in mountinfo.read() if "cloudbucket-bench-" in e.target] == []
+
+
+def test_cache_workloads_run_two_passes_and_leave_no_cache_dir(tmp_path: Path) -> None:
+    out = tmp_path / "cache.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.perf.bench", "--quick", "--size-mib", "8", "--only",
+         "cache", "--peers", "none", "--repeat", "1", "--duration", "1", "--small-count",
+         "50", "--out", str(out)],
+        capture_output=True, text=True, timeout=110, check=False,
+        cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert set(document["workloads"]) == {"cache_seq_read", "cache_rand_read", "cache_small"}
+    for name, entry in document["workloads"].items():
+        ours = entry["results"]["cloudbucket"]
+        assert ours["errors"] == [], (name, ours["errors"])
+        run = ours["runs"][0]
+        assert run["speedup"] > 0 and run["first_value"] > 0, name
+    pid_dirs = [p for p in Path(tempfile.gettempdir()).glob("cloudbucket-bench-cache-*")]
+    assert pid_dirs == []  # removed when the bench process exits

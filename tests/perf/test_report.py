@@ -58,3 +58,26 @@ def test_table_lists_failures_and_targets() -> None:
     text = report.table(document)
     assert "FAILED" in text and "boom" in text
     assert "ls_l no slower than the faster peer: no peer measured" in text
+
+
+def test_cache_targets_compare_passes_and_workloads() -> None:
+    from tests.perf.workloads import CacheRandRead, CacheSeqRead, CacheSmallFiles, RandRead
+
+    workloads = [CacheSeqRead(), CacheRandRead(), CacheSmallFiles(), RandRead()]
+    results = {
+        "cache_seq_read": {"cloudbucket": _runs([1500, 1600, 1700], speedup=3.0),
+                           "boto3": _runs([800, 800, 800])},
+        "cache_small": {"cloudbucket": _runs([1.0, 1.0, 1.0], speedup=1.5)},
+        "cache_rand_read": {"cloudbucket": _runs([400, 400, 400], speedup=9.0)},
+        "rand_read": {"cloudbucket": _runs([100, 100, 100])},
+    }
+    document = report.build({"size_bytes": GiB, "repeat": 3}, {}, workloads, results,
+                            ["cloudbucket", "boto3"], {})
+    status = {t["name"]: t["status"] for t in document["targets"]}
+    assert status["cache_seq_read >= 1.5x boto3"] == "PASS"  # 1600 / 800
+    assert status["cache_seq_read second pass >= 2.0x the first"] == "PASS"
+    assert status["cache_small second pass >= 2.0x the first"] == "MISS"
+    assert status["cache_rand_read >= 5.0x rand_read (ours)"] == "MISS"  # 400 / 100
+    for workload in workloads[:3]:
+        assert workload.group == "cache"
+        assert workload.mount_flags == (f"--cache={workload.cache}",)
