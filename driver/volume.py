@@ -348,14 +348,39 @@ def cache_dir(cache_root: str, volume_id: str, spec: VolumeSpec) -> str:
     return os.path.join(cache_root, name)
 
 
-def with_cache_dir(spec: VolumeSpec, volume_id: str, cache_root: str | None) -> VolumeSpec:
-    """The spec with `options.cache` set when the volume asks for the node cache."""
+@dataclass(frozen=True)
+class CacheSettings:
+    """The node's cache configuration (the chart's node.cache* values, as environment)."""
+
+    root: str | None = None  # None: node caching is off
+    default_max_size_mib: int | None = None  # for volumes whose mountOptions give none
+    retention: float = CACHE_RETENTION_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CacheSettings:
+        size = env.get(ENV_CACHE_DEFAULT_MAX_SIZE, "")
+        retention = env.get(ENV_CACHE_RETENTION, "")
+        return cls(root=env.get(ENV_CACHE_ROOT) or None,
+                   default_max_size_mib=int(size) if size else None,
+                   retention=float(retention) if retention else CACHE_RETENTION_SECONDS)
+
+
+ENV_CACHE_ROOT = "CLOUDBUCKET_CACHE_ROOT"
+ENV_CACHE_DEFAULT_MAX_SIZE = "CLOUDBUCKET_CACHE_DEFAULT_MAX_SIZE_MIB"
+ENV_CACHE_RETENTION = "CLOUDBUCKET_CACHE_RETENTION_SECONDS"
+
+
+def with_cache_dir(spec: VolumeSpec, volume_id: str, settings: CacheSettings) -> VolumeSpec:
+    """The spec with `options.cache` (and a default `max_cache_size`) set when the volume
+    asks for the node cache; the supervisor passes them on like any mount option."""
     if not spec.cache:
         return spec
-    if not cache_root:
+    if not settings.root:
         raise VolumeError(f"volumeAttributes.{ATTR_CACHE}", "node caching is not enabled "
                           "on this driver (Helm value node.cacheHostPath is empty)")
-    options = dataclasses.replace(spec.options, cache=cache_dir(cache_root, volume_id, spec))
+    options = dataclasses.replace(spec.options, cache=cache_dir(settings.root, volume_id, spec))
+    if options.max_cache_size is None and settings.default_max_size_mib:
+        options = dataclasses.replace(options, max_cache_size=settings.default_max_size_mib)
     return dataclasses.replace(spec, options=options)
 
 

@@ -639,7 +639,7 @@ class Filesystem:
         if self.cache is not None:
             with trio.move_on_after(30):  # blocks fetched just before unmount
                 await self._cache_writes.wait_idle()
-            self.cache.close()
+            await trio.to_thread.run_sync(self.cache.close)  # disk I/O: off the loop
 
 
 def _timestamp(info: ObjectInfo) -> float:

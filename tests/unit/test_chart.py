@@ -246,6 +246,36 @@ def test_mount_survival_objects(default_docs: list[dict[str, Any]]) -> None:
         node["spec"]["template"]["spec"]["serviceAccountName"]
 
 
+def test_node_cache_host_path_reaches_node_plugin_and_mounter(
+        default_docs: list[dict[str, Any]]) -> None:
+    root = "/var/lib/cloudbucket-csi-cache"
+    for kind_suffix, name in (("-node", "cloudbucket-csi"), ("-mounter", "mounter")):
+        workload = find(default_docs, "DaemonSet", kind_suffix)
+        container = containers(workload)[name]
+        env = env_of(container)
+        assert env["CLOUDBUCKET_CACHE_ROOT"] == root
+        assert int(env["CLOUDBUCKET_CACHE_DEFAULT_MAX_SIZE_MIB"]) == 10240
+        assert float(env["CLOUDBUCKET_CACHE_RETENTION_SECONDS"]) == 3600
+        mount = {m["mountPath"]: m for m in container["volumeMounts"]}[root]
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mount["name"]]["hostPath"] == {"path": root, "type": "DirectoryOrCreate"}
+    # What the node plugin makes of that environment.
+    from driver.volume import CacheSettings
+
+    settings = CacheSettings.from_env(env_of(containers(find(
+        default_docs, "DaemonSet", "-node"))["cloudbucket-csi"]))
+    assert settings.root == root and settings.default_max_size_mib == 10240
+
+
+def test_node_cache_can_be_switched_off() -> None:
+    docs = documents(render(set_values=("node.cacheHostPath=",)))
+    for kind_suffix, name in (("-node", "cloudbucket-csi"), ("-mounter", "mounter")):
+        workload = find(docs, "DaemonSet", kind_suffix)
+        assert "CLOUDBUCKET_CACHE_ROOT" not in env_of(containers(workload)[name])
+        assert "cache-dir" not in {v["name"] for v in
+                                   workload["spec"]["template"]["spec"]["volumes"]}
+
+
 def test_mounter_can_be_switched_off() -> None:
     docs = documents(render(set_values=("mounter.enabled=false",)))
     assert not [d for d in docs if d["metadata"]["name"].endswith("-mounter")]
@@ -383,7 +413,7 @@ def test_examples_are_accepted_by_the_driver() -> None:
     # prefix; a StorageClass; an inline ephemeral volume.
     for needle in ("r2.cloudflarestorage.com", "storage.googleapis.com", "provider: gcs",
                    "GOOGLE_ACCESS_KEY_ID", "roleArn:", 'readOnly: "true"', "keyPrefix:",
-                   "nodePublishSecretRef", "kind: StorageClass"):
+                   "nodePublishSecretRef", "kind: StorageClass", "cache: node"):
         assert needle in text, needle
     assert any("csi" in v for d in all_docs if d["kind"] == "Pod" for v in d["spec"]["volumes"])
 

@@ -11,6 +11,7 @@ import pytest
 
 from driver.options import parse_mount_flags
 from driver.volume import (
+    CacheSettings,
     VolumeError,
     cache_dir,
     credentials_identity,
@@ -117,16 +118,28 @@ def test_identity_never_contains_a_secret():
 
 
 def test_with_cache_dir_sets_the_option_only_when_asked():
-    spec = with_cache_dir(_spec(SECRET_A), "vol-1", ROOT)
+    settings = CacheSettings(root=ROOT, default_max_size_mib=2048)
+    spec = with_cache_dir(_spec(SECRET_A), "vol-1", settings)
     assert spec.options.cache == cache_dir(ROOT, "vol-1", _spec(SECRET_A))
+    assert spec.options.max_cache_size == 10240  # the volume's own limit wins
     assert "--cache=" + spec.options.cache in spec.options.to_args()
+    unsized = volume_spec({"bucketName": "models", "cache": "node"})
+    assert with_cache_dir(unsized, "vol-1", settings).options.max_cache_size == 2048
     plain = volume_spec({"bucketName": "models"})
-    assert with_cache_dir(plain, "vol-1", ROOT) is plain
+    assert with_cache_dir(plain, "vol-1", settings) is plain
     with pytest.raises(VolumeError) as caught:
-        with_cache_dir(_spec(), "vol-1", None)
+        with_cache_dir(_spec(), "vol-1", CacheSettings())
     assert caught.value.field == "volumeAttributes.cache"
     # The supervisor gets it as an ordinary mount option.
     assert parse_mount_flags(spec.options.to_args()).cache == spec.options.cache
+
+
+def test_cache_settings_from_the_chart_environment():
+    assert CacheSettings.from_env({}) == CacheSettings()
+    settings = CacheSettings.from_env({
+        "CLOUDBUCKET_CACHE_ROOT": ROOT, "CLOUDBUCKET_CACHE_DEFAULT_MAX_SIZE_MIB": "10240",
+        "CLOUDBUCKET_CACHE_RETENTION_SECONDS": "600"})
+    assert settings == CacheSettings(ROOT, 10240, 600.0)
 
 
 def _make(root: Path, name: str, age: float, now: float, marker_age: float | None = None
