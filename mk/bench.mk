@@ -5,7 +5,8 @@ BENCH_ARGS ?=
 BENCH_OUT ?= bench-results.json
 BENCH := $(PY) -m tests.perf.bench --out $(BENCH_OUT)
 
-.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile
+.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile \
+	bench-cache
 
 bench-deps: install
 	@$(MAKE) --no-print-directory install-peers
@@ -21,6 +22,11 @@ bench-write: bench-deps
 
 bench-meta: bench-deps
 	$(BENCH) --only meta,small $(BENCH_ARGS)
+
+# The local cache (issue 14): second passes from --cache, against the first and raw GETs;
+# rand_read is included for the cached-vs-uncached random-read target.
+bench-cache: bench-deps
+	$(BENCH) --only cache,rand_read $(BENCH_ARGS)
 
 # A few minutes: 64 MiB objects, one run each, short random reads, 1,000-entry listing.
 bench-quick: bench-deps
