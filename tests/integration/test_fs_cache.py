@@ -1,9 +1,12 @@
-"""The local block cache through real FUSE mounts of a real SeaweedFS bucket.
+"""The local block cache through real FUSE mounts of a real SeaweedFS bucket (and of
+fake-gcs-server, where blocks are keyed by generation).
 
 A counting proxy sits between each mount and the store, so "served from the cache" is a
 count of object GETs (zero), not a timing. Mounts use --direct-io so every read reaches the
 filesystem (no page cache to drop).
 """
+
+# ruff: noqa: F811 - pytest fixtures imported from tests/gcs_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from driver.devservers import SeaweedS3, wait_until
 from driver.fs.cache import HEADER_SIZE
 from driver.volume import cache_dir, volume_spec
 from tests.counting_proxy import CountingProxy
+from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
 from tests.helpers import sha256_file
 
 MiB = 1024 * 1024
@@ -239,3 +243,32 @@ def test_different_credentials_get_different_cache_dirs(s3, bucket, mount, proxy
     assert proxy.object_gets() > 0  # nothing was served from the other identity's blocks
     _wait_cached(dir_driver, size)  # each identity keeps its own copy
     assert _cached_bytes(dir_secret) == _cached_bytes(dir_driver)
+
+
+def _media_gets(proxy: CountingProxy) -> int:
+    with proxy._lock:
+        lines = list(proxy.requests)
+    return sum(1 for line in lines if line.startswith("GET ") and "alt=media" in line)
+
+
+def test_native_gcs_blocks_are_keyed_by_generation(fake_gcs, gcs, gcs_bucket, gcs_mount,
+                                                   tmp_path):
+    size = 3 * MiB + 11
+    old, new = os.urandom(size), os.urandom(size)
+    blob = gcs.bucket(gcs_bucket).blob("g.bin")
+    blob.upload_from_string(old)
+    cache = tmp_path / "gcache"
+    with CountingProxy(fake_gcs.port) as gproxy:
+        mnt = gcs_mount(gcs_bucket, f"--cache={cache}", "--direct-io", "--metadata-ttl=0",
+                        env={"STORAGE_EMULATOR_HOST": gproxy.endpoint})
+        assert (mnt / "g.bin").read_bytes() == old
+        assert _media_gets(gproxy) > 0
+        _wait_cached(cache, size)
+        gproxy.reset()
+        assert (mnt / "g.bin").read_bytes() == old
+        assert _media_gets(gproxy) == 0
+        blob.upload_from_string(new)  # a new generation, same size
+        gproxy.reset()
+        assert (mnt / "g.bin").read_bytes() == new
+        assert _media_gets(gproxy) > 0
+        mnt.close()
