@@ -138,8 +138,7 @@ class BlockCache:
     def _touch_last_used(self) -> None:
         path = os.path.join(self.root, LAST_USED)
         with contextlib.suppress(OSError):
-            with open(path, "a"):
-                pass
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             os.utime(path)
 
     def _remove_stale_tmp(self) -> None:

@@ -272,3 +272,13 @@ def test_native_gcs_blocks_are_keyed_by_generation(fake_gcs, gcs, gcs_bucket, gc
         assert (mnt / "g.bin").read_bytes() == new
         assert _media_gets(gproxy) > 0
         mnt.close()
+
+
+def test_max_cache_size_needs_a_cache_dir(cli, tmp_path):
+    target = tmp_path / "mnt"
+    target.mkdir()
+    result = cli("mount", "some-bucket", str(target), "--max-cache-size=100")
+    assert result.returncode == 1
+    assert "--max-cache-size: needs --cache DIR" in result.stderr
+    result = cli("mount", "some-bucket", str(target), "--cache=/tmp/x", "--max-cache-size=0")
+    assert result.returncode == 1 and "max-cache-size" in result.stderr
