@@ -29,6 +29,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -315,6 +316,38 @@ class BlockCache:
             os.unlink(path)
         self.stats.evicted += 1
         return total - size
+
+
+def claim_cache_dir(path: str, uid: int, gid: int) -> None:
+    """Hand a cache directory (created 0700 if absent) and everything in it to `uid:gid`.
+
+    The supervisor (root) calls this before it starts a FUSE server that runs as its own
+    UID; servers of one cache directory share one UID (they share one volume and one
+    credentials identity, so nothing is lost). The tree is walked only when its top is not
+    yet owned by `uid`, and the top is changed last, so an interrupted claim is redone.
+    Symlinks are never followed."""
+    with contextlib.suppress(FileExistsError):  # a file there is refused just below
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    top = os.lstat(path)
+    if not stat.S_ISDIR(top.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "cache directory is not a directory", path)
+    if top.st_uid == uid and top.st_gid == gid and stat.S_IMODE(top.st_mode) == 0o700:
+        return
+    for directory, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(os.path.join(directory, name), uid, gid)
+    os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, 0o700, follow_symlinks=False)
+
+
+def release_cache_dir(path: str) -> None:
+    """Lock a cache directory no server uses any more: owned by root, 0700, so whoever is
+    given its last server's UID next cannot read it. `claim_cache_dir` opens it again."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, 0o700, follow_symlinks=False)
 
 
 class CachedFetch:

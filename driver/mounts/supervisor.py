@@ -96,6 +96,7 @@ class ServerRecord:
     gid: int
     phase: str = "starting"  # starting | ready
     labels: dict[str, str] = field(default_factory=dict)
+    cache: str | None = None  # the server's --cache directory (owned by its UID while used)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -477,9 +478,39 @@ class Supervisor:
                 raise failure(FailureKind.INVALID_OPTION, f"target {target} is not a directory")
             return self._start(target, request)
 
+    def _cache_uid(self, cache: str | None) -> int | None:
+        """The UID of a live server of the same cache directory: one volume and one
+        credentials identity, so sharing its UID gives nothing away, and the blocks stay
+        readable by both."""
+        if cache is None:
+            return None
+        for record in self.records():
+            if record.cache == cache and self._alive(record):
+                return record.uid
+        return None
+
+    def _release_cache(self, cache: str | None, target: str) -> None:
+        """Lock the cache directory of a server that is gone, unless another uses it."""
+        if cache is None:
+            return
+        from driver.fs.cache import release_cache_dir
+
+        if not any(other.cache == cache and other.target != target
+                   for other in self.records()):
+            with contextlib.suppress(OSError):
+                release_cache_dir(cache)
+
     def _start(self, target: str, request: MountRequest) -> ServerStatus:
-        uid = self._free_uid()
         options = request.options
+        uid = self._cache_uid(options.cache) or self._free_uid()
+        if options.cache is not None:
+            from driver.fs.cache import claim_cache_dir
+
+            try:
+                claim_cache_dir(options.cache, uid, uid)
+            except OSError as exc:  # the server warns once and reads uncached
+                log.warning("cannot prepare the cache directory", cache_dir=options.cache,
+                            error=exc.strerror)
         if options.uid is None or options.gid is None:  # files show the mounter's identity
             options = dataclasses.replace(options,
                                           uid=os.getuid() if options.uid is None else options.uid,
@@ -510,13 +541,14 @@ class Supervisor:
         except BaseException:
             os.close(ready_read)
             self._undo(target, None)
+            self._release_cache(options.cache, target)
             raise
         finally:  # the server holds the descriptor now: if it dies, the mount dies with it
             for fd in (fuse_fd, ready_write, log_fd, dir_fd):
                 os.close(fd)
         record = ServerRecord(target=target, volume_id=request.volume_id, bucket=request.bucket,
                               pid=pid, start_time=process_start_time(pid) or 0, uid=uid, gid=uid,
-                              labels=dict(request.labels))
+                              labels=dict(request.labels), cache=options.cache)
         self._deaths.pop(target, None)
         self._put(record)
         self._watch.watch(record)
@@ -569,6 +601,7 @@ class Supervisor:
         if record is not None:
             self._watch.forget(record.pid)
             self._kill(record)
+            self._release_cache(record.cache, target)
             self._record_path(target).unlink(missing_ok=True)
         with contextlib.suppress(OSError, TimeoutError):
             mountinfo.unmount(target)
@@ -672,6 +705,7 @@ class Supervisor:
                     self._kill(record)
         if record is not None:
             self._watch.forget(record.pid)
+            self._release_cache(record.cache, target)
             self._record_path(target).unlink(missing_ok=True)
         self._remove_files(target)
         self._deaths.pop(target, None)

@@ -336,3 +336,27 @@ def test_new_filesystem_on_the_same_dir_reads_from_cache_and_sees_changes(
     store.calls.clear()
     assert trio.run(read_once) == new
     assert "get" in store.calls
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_claim_hands_the_tree_over_and_release_locks_it(tmp_path: Path) -> None:
+    from driver.fs.cache import claim_cache_dir, release_cache_dir
+
+    root = tmp_path / "c"
+    cache = _cache(root)
+    assert cache.put(_version(BS), 0, os.urandom(BS))
+    outside = tmp_path / "outside"
+    outside.write_text("not ours")
+    os.symlink(outside, root / "v1" / "link")
+    claim_cache_dir(str(root), 70000, 70000)
+    for path in [root, *root.rglob("*")]:
+        assert path.lstat().st_uid == 70000 and path.lstat().st_gid == 70000, path
+    assert outside.stat().st_uid == 0  # a symlink is never followed
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    release_cache_dir(str(root))
+    assert root.stat().st_uid == 0 and stat.S_IMODE(root.stat().st_mode) == 0o700
+    claim_cache_dir(str(root), 70001, 70001)  # a new server UID gets it all back
+    assert all(p.lstat().st_uid == 70001 for p in [root, *root.rglob("*")])
+    release_cache_dir(str(tmp_path / "absent"))  # nothing there: fine
+    with pytest.raises(NotADirectoryError):
+        claim_cache_dir(str(outside), 70000, 70000)
