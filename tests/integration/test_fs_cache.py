@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from driver.cli import exit_status
 from driver.devservers import SeaweedS3, wait_until
+from driver.failures import FailureKind
 from driver.fs.cache import HEADER_SIZE
 from driver.volume import cache_dir, volume_spec
 from tests.counting_proxy import CountingProxy
@@ -277,8 +279,9 @@ def test_native_gcs_blocks_are_keyed_by_generation(fake_gcs, gcs, gcs_bucket, gc
 def test_max_cache_size_needs_a_cache_dir(cli, tmp_path):
     target = tmp_path / "mnt"
     target.mkdir()
+    invalid = exit_status(FailureKind.INVALID_OPTION)
     result = cli("mount", "some-bucket", str(target), "--max-cache-size=100")
-    assert result.returncode == 1
+    assert result.returncode == invalid
     assert "--max-cache-size: needs --cache DIR" in result.stderr
     result = cli("mount", "some-bucket", str(target), "--cache=/tmp/x", "--max-cache-size=0")
-    assert result.returncode == 1 and "max-cache-size" in result.stderr
+    assert result.returncode == invalid and "max-cache-size" in result.stderr
