@@ -16,8 +16,9 @@ is free. A file that vanishes under a scan, a read or a delete is simply a miss.
 error (ENOSPC, EACCES, EROFS...) turns the cache off for writes with one warning; reads
 still work, from blocks already cached or from the store.
 
-Every method here is synchronous and does disk I/O: the filesystem calls them on worker
-threads (`CachedFetch`), never on the FUSE event loop. Freshness is not decided here: a
+`BlockCache` methods are synchronous and do disk I/O: the filesystem calls them on worker
+threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount),
+never on the FUSE event loop. Freshness is not decided here: a
 version's ETag is confirmed by the filesystem (lookup/open HEAD after `--metadata-ttl`),
 and a changed object has a new ETag, hence new block names; old blocks age out by LRU.
 """
@@ -421,6 +422,121 @@ class CachedFetch:
     def _put_blocks(self, blocks: dict[int, memoryview]) -> None:
         for index, data in blocks.items():
             self.cache.put(self.version, index, data)
+
+
+class BlockWriter:
+    """Caches an object as it is written through the mount (sequential writes only).
+
+    Each full block is staged on a worker thread in a temporary file: header space, then
+    the data, whose CRC32C is taken at once. The object's ETag is only known once its
+    upload is committed, so `finish()` (at release, after the last commit) writes the
+    headers and renames the blocks into place; `discard()` removes them. A write that is
+    not where the last one ended, or any disk error, turns this writer off (no block of a
+    wrong object is ever named).
+    """
+
+    def __init__(self, cache: BlockCache, bucket: str, key: str,
+                 io_limiter: trio.CapacityLimiter, writes: WriteBudget) -> None:
+        self.cache = cache
+        self.bucket = bucket
+        self.key = key
+        self._limiter = io_limiter
+        self._writes = writes
+        self._pending = bytearray()
+        self._size = 0  # bytes seen
+        self._staged: list[tuple[int, str, int, int]] = []  # (index, tmp path, length, crc)
+        self._next_index = 0
+        self.active = cache.writable
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        if not self.active:
+            return
+        if offset != self._size:
+            await self.discard()
+            return
+        self._size += len(data)
+        self._pending += data
+        bs = self.cache.block_size
+        while len(self._pending) >= bs:
+            block = bytes(self._pending[:bs])
+            del self._pending[:bs]
+            await self._stage(block)
+
+    async def _stage(self, block: bytes) -> None:
+        index = self._next_index  # blocks arrive in order
+        self._next_index += 1
+        await self._writes.take(len(block))
+        try:
+            staged = await trio.to_thread.run_sync(self._stage_sync, index, block,
+                                                   limiter=self._limiter)
+        finally:
+            self._writes.give_back(len(block))
+        if staged is None:
+            await self.discard()
+        else:
+            self._staged.append(staged)
+
+    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, int] | None:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir)  # 0600
+            with open(fd, "wb") as out:
+                out.seek(HEADER_SIZE)
+                out.write(block)
+        except OSError as exc:
+            self.cache._degrade("cannot write to the cache directory", exc)
+            return None
+        return index, tmp, len(block), google_crc32c.value(block)
+
+    async def finish(self, etag: str, size: int) -> None:
+        """The upload committed `size` bytes as `etag`: name the staged blocks after it."""
+        if not self.active or size != self._size:
+            await self.discard()
+            return
+        if self._pending:
+            await self._stage(bytes(self._pending))
+            self._pending.clear()
+        if not self.active:
+            return
+        version = ObjectVersion(self.bucket, self.key, etag, size)
+        staged, self._staged = self._staged, []
+        self.active = False
+        await trio.to_thread.run_sync(self._name_blocks, version, staged,
+                                      limiter=self._limiter)
+
+    def _name_blocks(self, version: ObjectVersion,
+                     staged: list[tuple[int, str, int, int]]) -> None:
+        for position, (index, tmp, length, crc) in enumerate(staged):
+            try:
+                if not self.cache.writable or not self.cache._reserve(HEADER_SIZE + length):
+                    raise OSError(errno.ENOSPC, "cache full")
+                header = _HEADER.pack(_MAGIC, length, crc, index, version.digest)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.pwrite(fd, header, 0)
+                finally:
+                    os.close(fd)
+                path = self.cache.path(version, index)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.replace(tmp, path)
+                self.cache.stats.written += 1
+            except OSError:
+                for _, leftover, _, _ in staged[position:]:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
+                return
+
+    async def discard(self) -> None:
+        self.active = False
+        staged, self._staged = self._staged, []
+        self._pending.clear()
+        if staged:
+            await trio.to_thread.run_sync(self._unlink_all, staged, limiter=self._limiter)
+
+    @staticmethod
+    def _unlink_all(staged: list[tuple[int, str, int, int]]) -> None:
+        for _, tmp, _, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 class WriteBudget:

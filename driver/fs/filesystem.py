@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 import trio
 
-from driver.fs.cache import BlockCache, CachedFetch, ObjectVersion, WriteBudget
+from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
@@ -80,6 +80,7 @@ class FileHandle:
     inode: Inode
     prefetcher: Prefetcher | None = None
     upload: Upload | None = None
+    cache_writer: BlockWriter | None = None  # fills the cache as the file is written
 
 
 @dataclass(eq=False)
@@ -474,7 +475,7 @@ class Filesystem:
         if not flags & os.O_TRUNC or not self.options.allow_overwrite:
             log.debug("refused overwrite", key=inode.key, truncate=bool(flags & os.O_TRUNC))
             raise FsError(errno.EPERM, "overwriting needs --allow-overwrite and O_TRUNC")
-        return self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+        return self._new_handle(self._write_handle(inode))
 
     def _prefetcher(self, inode: Inode) -> Prefetcher:
         assert self._nursery is not None
@@ -493,6 +494,13 @@ class Filesystem:
         return Prefetcher(source, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
                           max_parallel=self.prefetch_parallel, align=align)
+
+    def _write_handle(self, inode: Inode) -> FileHandle:
+        writer = None
+        if self.cache is not None and self.cache.writable:
+            writer = BlockWriter(self.cache, self.store.bucket, inode.key, self._cache_io,
+                                 self._cache_writes)
+        return FileHandle(inode, upload=self._start_upload(inode), cache_writer=writer)
 
     def _start_upload(self, inode: Inode) -> Upload:
         assert self._nursery is not None
@@ -521,7 +529,7 @@ class Filesystem:
             existing.lookups += 1
             return fh, self.attributes(existing)
         inode = self.inodes.upsert(parent, name, is_dir=False, local=True)
-        fh = self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+        fh = self._new_handle(self._write_handle(inode))
         inode.lookups += 1
         return fh, self.attributes(inode)
 
@@ -541,10 +549,13 @@ class Filesystem:
         if not isinstance(handle, FileHandle) or handle.upload is None:
             raise FsError(errno.EBADF)
         try:
-            return await handle.upload.write(offset, data)
+            written = await handle.upload.write(offset, data)
         except FsError as exc:
             log.debug("write refused", key=handle.inode.key, error=str(exc))
             raise
+        if handle.cache_writer is not None:
+            await handle.cache_writer.write(offset, data)
+        return written
 
     async def flush(self, fh: int) -> None:
         """close(): complete the upload and report its error."""
@@ -596,6 +607,11 @@ class Filesystem:
                 finally:
                     if upload.dirty:
                         await upload.abort()
+                    if handle.cache_writer is not None:
+                        if upload.etag is not None and not upload.dirty:
+                            await handle.cache_writer.finish(upload.etag, upload.size)
+                        else:
+                            await handle.cache_writer.discard()
                     handle.inode.writer = None
                     handle.inode.local = False
                     self._uploads.discard(upload)

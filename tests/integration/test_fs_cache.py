@@ -285,3 +285,16 @@ def test_max_cache_size_needs_a_cache_dir(cli, tmp_path):
     assert "--max-cache-size: needs --cache DIR" in result.stderr
     result = cli("mount", "some-bucket", str(target), "--cache=/tmp/x", "--max-cache-size=0")
     assert result.returncode == invalid and "max-cache-size" in result.stderr
+
+
+def test_files_written_through_the_mount_are_cached(s3, bucket, mount, proxy, tmp_path):
+    data = os.urandom(20 * MiB + 7)  # a multipart upload (8 MiB parts) and a tail block
+    cache = tmp_path / "cache"
+    writer = _cached_mount(mount, bucket, proxy, cache)
+    (writer / "w.bin").write_bytes(data)
+    _wait_cached(cache, len(data))
+    writer.close()
+    proxy.reset()
+    reader = _cached_mount(mount, bucket, proxy, cache)  # the ETag comes from the store now
+    assert (reader / "w.bin").read_bytes() == data
+    assert proxy.object_gets() == 0, proxy.kinds()

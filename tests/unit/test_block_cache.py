@@ -360,3 +360,54 @@ def test_claim_hands_the_tree_over_and_release_locks_it(tmp_path: Path) -> None:
     release_cache_dir(str(tmp_path / "absent"))  # nothing there: fine
     with pytest.raises(NotADirectoryError):
         claim_cache_dir(str(outside), 70000, 70000)
+
+
+@pytest.mark.parametrize("size", [3 * 1024 * KiB + 5, 20 * 1024 * KiB])  # one PUT; multipart
+def test_written_files_populate_the_cache(tmp_path: Path, size: int) -> None:
+    store = MemoryStore()
+    data = random.Random(size).randbytes(size)
+    options = MountOptions(cache=str(tmp_path / "cache"), write_part_size=8 * 1024 * KiB)
+
+    async def write_then_read() -> bytes:
+        fs = Filesystem(store, options)
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            fh, attrs = await fs.create(1, "new.bin", os.O_WRONLY | os.O_CREAT)
+            for start in range(0, size, 700 * KiB):  # writes that do not align with blocks
+                await fs.write(fh, start, data[start:start + 700 * KiB])
+            await fs.flush(fh)
+            await fs.release(fh)
+            store.calls.clear()
+            fh = await fs.open(attrs.ino, os.O_RDONLY)
+            out = bytearray()
+            while chunk := await fs.read(fh, len(out), 1024 * KiB):
+                out += chunk
+            await fs.release(fh)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+        return bytes(out)
+
+    assert trio.run(write_then_read) == data
+    assert "get" not in store.calls
+
+
+def test_an_aborted_write_names_no_block(tmp_path: Path) -> None:
+    store = MemoryStore()
+    options = MountOptions(cache=str(tmp_path / "cache"))
+    store.fail = lambda op: op == "put"
+
+    async def main() -> None:
+        fs = Filesystem(store, options)
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            fh, _ = await fs.create(1, "bad.bin", os.O_WRONLY | os.O_CREAT)
+            await fs.write(fh, 0, os.urandom(2 * 1024 * KiB + 1))
+            with pytest.raises(Exception):  # noqa: B017 - the upload's own error
+                await fs.flush(fh)
+            await fs.release(fh)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert _block_files(tmp_path / "cache") == []
+    assert list((tmp_path / "cache" / "v1" / "tmp").iterdir()) == []
