@@ -6,10 +6,11 @@ Checksums of whole responses are off (`when_required`): ranged GETs are pinned b
 instead, and uploads carry an explicit CRC32C per part when --upload-checksums=crc32c.
 
 ListObjectsV2 keeps botocore's signing, retries and error parsing, but a 200 response's
-body is parsed by `_parse_list` (ElementTree's C parser, about 15x faster than botocore's
+body is parsed by `_parse_list` (ElementTree's C parser, far cheaper than botocore's
 shape-driven parser) in a `before-parse` handler, which then hands botocore an empty body:
 neither its parser nor its 200-error check (`_looks_like_special_case_error`, which parses
-every body a second time) walks the 1,000 entries again. A body that is not a well-formed
+every body a second time; `_before_parse` runs it for every other response) walks the 1,000
+entries again. A body that is not a well-formed
 ListBucketResult is left to botocore, so truncated or embedded-error 200s are still retried.
 Keys are requested url-encoded (`EncodingType=url`, as botocore does by default) and
 decoded here with botocore's own function.
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 from botocore.compat import unquote_str
 from botocore.config import Config
 from botocore.utils import parse_timestamp
@@ -153,16 +155,35 @@ def _parse_list(body: bytes) -> ListPage | None:
     return ListPage(objects, prefixes, token)
 
 
-def _fast_list_handler(response_dict: dict[str, Any],
-                       customized_response_dict: dict[str, Any], **_: Any) -> None:
-    """before-parse.s3.ListObjectsV2: parse a 200 body here, and hide it from botocore."""
+# botocore's check for S3 errors embedded in 200 responses parses every body once more. It is
+# registered first on "before-parse.s3.*", ahead of any handler we could add, so on our
+# client it is replaced by `_before_parse`, which runs it for everything but the list pages
+# it has parsed itself.
+_check_200_error: Callable[..., None] | None = getattr(botocore.handlers, "_handle_200_error",
+                                                       None)
+
+
+def _before_parse(operation_model: Any, response_dict: dict[str, Any],
+                  customized_response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """before-parse.s3.*: parse a ListObjectsV2 200 body here and hide it from botocore."""
     body = response_dict.get("body")
-    if response_dict.get("status_code") != 200 or not isinstance(body, bytes) or not body:
-        return
-    page = _parse_list(body)
-    if page is not None:
-        customized_response_dict[_PAGE] = page
-        response_dict["body"] = b""
+    if operation_model.name == "ListObjectsV2" and response_dict.get("status_code") == 200 \
+            and isinstance(body, bytes) and body:
+        page = _parse_list(body)
+        if page is not None:
+            customized_response_dict[_PAGE] = page
+            response_dict["body"] = b""
+            return
+    if _check_200_error is not None:
+        _check_200_error(operation_model=operation_model, response_dict=response_dict,
+                         customized_response_dict=customized_response_dict, **kwargs)
+
+
+def _install_fast_list(client: Any) -> None:
+    events = client.meta.events  # this client's own copy of the session's handlers
+    if _check_200_error is not None:
+        events.unregister("before-parse.s3.*", _check_200_error)
+    events.register_first("before-parse.s3.*", _before_parse)
 
 
 def client_config(max_pool: int, path_style: bool, connect_timeout: float = 5) -> Config:
@@ -210,10 +231,7 @@ class S3Store:
         self.region = region or "us-east-1"
         self._client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url,
                                       config=self._config)
-        # Registered on this client only, and before botocore's own before-parse.s3.*
-        # handlers (a more specific event name runs first).
-        self._client.meta.events.register_first("before-parse.s3.ListObjectsV2",
-                                                _fast_list_handler)
+        _install_fast_list(self._client)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from driver.store.base import AccessDenied, BucketNotFound, StoreError
+from driver.store.base import AccessDenied, BucketNotFound, PartResult, StoreError
 from driver.store.s3 import S3Store, _parse_list
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
@@ -129,3 +129,13 @@ def test_errors_keep_their_types(status: int, code: str, kind: type) -> None:
     body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
     with pytest.raises(kind):
         _store(FakeServer((status, body))).list_page("p/")
+
+
+def test_other_operations_keep_botocores_200_error_check() -> None:
+    error = b"<Error><Code>InternalError</Code><Message>busy</Message></Error>"
+    done = (b"<CompleteMultipartUploadResult><ETag>&quot;e-2&quot;</ETag>"
+            b"</CompleteMultipartUploadResult>")
+    server = FakeServer((200, error), (200, done))
+    etag = _store(server).complete_upload("k", "upload", [PartResult(1, '"p"')])
+    assert etag == '"e-2"'
+    assert len(server.requests) == 2  # the embedded error was seen and retried
