@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver.fs import threads
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
@@ -120,7 +121,7 @@ class Filesystem:
         self._nursery = nursery
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        return await threads.run_sync(partial(fn, *args), self._limiter)
 
     async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
