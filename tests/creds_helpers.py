@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from driver.credentials.source import Credentials
 from driver.devservers import wait_until
 from driver.mounts import mountinfo
-from driver.volume import Credentials
 from tests.helpers import MountProcess, server_pid
 
 # Every secret and token a test hands out is recorded here, for the log-scan test.

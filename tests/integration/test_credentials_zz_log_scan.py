@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import FakeGcs
-from driver.volume import Credentials
 from tests.creds_helpers import LOGS_SEEN, SECRETS_SEEN, CredMounts, remember, write_credentials
 from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket  # noqa: F401
 from tests.oidc_issuer import new_rsa_key, private_pem

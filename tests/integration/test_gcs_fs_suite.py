@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from driver.credentials.source import Credentials
 from driver.devservers import FakeGcs
 from driver.store.gcs import UPLOADS, GcsStore
-from driver.volume import Credentials
 from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount
 from tests.helpers import MountProcess
 from tests.integration import test_fs_read as _suite_read
@@ -61,7 +62,7 @@ class GcsAsS3:
             {"KeyCount": 0}
 
     def list_multipart_uploads(self, Bucket: str, Prefix: str = "") -> dict:  # noqa: N803
-        store = GcsStore(Bucket, Credentials(), endpoint_url=self._server.endpoint)
+        store = GcsStore(Bucket, AnonymousCredentials(), endpoint_url=self._server.endpoint)
         uploads = [{"Key": key, "UploadId": upload_id}
                    for key, upload_id in store.list_uploads(Prefix)]
         return {"Uploads": uploads} if uploads else {}
