@@ -89,6 +89,17 @@ class DirHandle:
     done: bool = False
     held_files: list[ObjectInfo] = field(default_factory=list)  # may yet be shadowed
     emitted: set[str] = field(default_factory=set)
+    ahead: PageAhead | None = None  # the next page, requested while this one is read
+
+
+@dataclass(eq=False)
+class PageAhead:
+    """A LIST started before the kernel asks for its entries (readdir streams pages)."""
+
+    token: str
+    done: trio.Event = field(default_factory=trio.Event)
+    page: ListPage | None = None
+    error: BaseException | None = None
 
 
 class Filesystem:
@@ -321,6 +332,7 @@ class Filesystem:
             handle.entries.clear()
             handle.emitted.clear()
             handle.token, handle.done, handle.started = None, False, False
+            handle.ahead = None
         position = start
         while True:
             while position >= len(handle.entries) and not handle.done:
@@ -341,8 +353,20 @@ class Filesystem:
         parent = handle.inode
         if not handle.started:
             handle.started = True
-        page = await self._store(self.store.list_page, parent.key, "/", handle.token)
+        ahead, handle.ahead = handle.ahead, None
+        if ahead is not None and ahead.token == handle.token:
+            await ahead.done.wait()
+            if ahead.error is not None:
+                raise ahead.error
+            assert ahead.page is not None
+            page = ahead.page
+        else:
+            page = await self._store(self.store.list_page, parent.key, "/", handle.token)
         handle.token = page.next_token
+        if handle.token is not None and self._nursery is not None:
+            # Request the next page now: the kernel takes this one in many small readdirs.
+            handle.ahead = PageAhead(handle.token)
+            self._nursery.start_soon(self._list_ahead, parent.key, handle.ahead)
         items: list[tuple[str, ObjectInfo | None]] = [(p, None) for p in page.prefixes]
         items += [(o.key, o) for o in page.objects]
         items.sort(key=lambda item: item[0])
@@ -369,6 +393,14 @@ class Filesystem:
                         handle.emitted and not child.unlinked:
                     self._emit(handle, child.name, child)
             handle.done = True
+
+    async def _list_ahead(self, key: str, ahead: PageAhead) -> None:
+        try:
+            ahead.page = await self._store(self.store.list_page, key, "/", ahead.token)
+        except Exception as exc:  # noqa: BLE001 - delivered to the readdir that wants the page
+            ahead.error = exc
+        finally:
+            ahead.done.set()
 
     def _emit_file(self, handle: DirHandle, info: ObjectInfo) -> None:
         name = info.key[len(handle.inode.key):]
