@@ -84,6 +84,13 @@ class MemoryStore:
             raise PreconditionFailed(key)
         return data[start:end]
 
+    def get_range_into(self, key: str, start: int, end: int, etag: str | None,
+                       out: memoryview) -> None:
+        data = self.get_range(key, start, end, etag)
+        if len(data) != len(out):
+            raise StoreError(f"short read of {key}")
+        out[:] = data
+
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         self._op("put")
         self.objects[key] = bytes(data)

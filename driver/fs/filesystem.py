@@ -30,6 +30,7 @@ import structlog
 import trio
 
 from driver.fs import threads
+from driver.fs.buffers import BufferPool
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
@@ -118,6 +119,8 @@ class Filesystem:
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(
             memory_limit or 2 * options.read_part_size * self.prefetch_parallel)
+        self.buffers = BufferPool(self.budget.limit)
+        self._readers = 0  # open read handles; the pool is emptied when none is left
         self.upload_options = UploadOptions(
             storage_class=options.storage_class, sse=options.sse,
             sse_kms_key_id=options.sse_kms_key_id,
@@ -501,13 +504,20 @@ class Filesystem:
     def _prefetcher(self, inode: Inode) -> Prefetcher:
         assert self._nursery is not None
         key, etag = inode.key, inode.etag
+        get_into = getattr(self.store, "get_range_into", None)  # optional (S3Store has it)
 
-        async def fetch(start: int, end: int) -> bytes:
-            return await self._store(self.store.get_range, key, start, end, etag)
+        async def fetch(start: int, end: int) -> bytes | bytearray:
+            if get_into is None:
+                return await self._store(self.store.get_range, key, start, end, etag)
+            buffer = self.buffers.take(end - start)
+            await self._store(get_into, key, start, end, etag, memoryview(buffer))
+            return buffer
 
+        self._readers += 1
         return Prefetcher(fetch, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
-                          max_parallel=self.prefetch_parallel)
+                          max_parallel=self.prefetch_parallel,
+                          recycle=None if get_into is None else self.buffers.give)
 
     def _start_upload(self, inode: Inode) -> Upload:
         assert self._nursery is not None
@@ -601,6 +611,9 @@ class Filesystem:
         if isinstance(handle, FileHandle):
             if handle.prefetcher is not None:
                 handle.prefetcher.close()
+                self._readers -= 1
+                if not self._readers:
+                    self.buffers.clear()  # idle: the memory goes back to the OS
             upload = handle.upload
             if upload is not None:
                 try:

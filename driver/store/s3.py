@@ -107,6 +107,7 @@ def _info(key: str, size: int, etag: str, modified: Any) -> ObjectInfo:
     return ObjectInfo(key=key, size=int(size), etag=etag, last_modified=modified)
 
 
+READINTO_CHUNK = 256 * 1024
 _PAGE = "CloudbucketListPage"  # where the handler leaves the parsed page in the response
 
 
@@ -284,25 +285,50 @@ class S3Store:
             else None
         return ListPage(objects, prefixes, next_token)
 
-    def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
-        if end <= start:
-            return b""
+    def _get(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{end - 1}", **self._payer}
         if etag:
             kwargs["IfMatch"] = etag
+        response: dict[str, Any] = self._client.get_object(Bucket=self.bucket, **kwargs)
+        # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
+        if etag and response.get("ETag") and response["ETag"] != etag:
+            response["Body"].close()
+            raise PreconditionFailed(f"GET {key}: object changed since open")
+        return response
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        if end <= start:
+            return b""
         with _translated(f"GET {key}"):
-            response = self._client.get_object(Bucket=self.bucket, **kwargs)
-            body = response["Body"]
+            body = self._get(key, start, end, etag)["Body"]
             try:
                 data = body.read()
             finally:
                 body.close()
-        # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
-        if etag and response.get("ETag") and response["ETag"] != etag:
-            raise PreconditionFailed(f"GET {key}: object changed since open")
         if len(data) != end - start:
             raise StoreError(f"GET {key}: short read ({len(data)} of {end - start} bytes)")
         return data
+
+    def get_range_into(self, key: str, start: int, end: int, etag: str | None,
+                       out: memoryview) -> None:
+        """Bytes [start, end) of `key` into `out` (a buffer of end - start bytes)."""
+        if end <= start:
+            return
+        filled = 0
+        with _translated(f"GET {key}"):
+            body = self._get(key, start, end, etag)["Body"]
+            try:
+                # In slices: urllib3 reads a readinto's whole length into a temporary first,
+                # and a small one is recycled by malloc where a 16 MiB one would be mapped.
+                while filled < len(out):
+                    count = body.readinto(out[filled:filled + READINTO_CHUNK])
+                    if not count:
+                        break
+                    filled += count
+            finally:
+                body.close()
+        if filled != end - start:
+            raise StoreError(f"GET {key}: short read ({filled} of {end - start} bytes)")
 
     def _object_kwargs(self, options: UploadOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._payer)

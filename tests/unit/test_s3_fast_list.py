@@ -85,9 +85,18 @@ class _Raw:
     def stream(self, *_: object, **__: object):
         yield self.body
 
-    def read(self, *_: object) -> bytes:
-        body, self.body = self.body, b""
+    def read(self, amount: int | None = None, *_: object) -> bytes:
+        amount = len(self.body) if amount is None else amount
+        body, self.body = self.body[:amount], self.body[amount:]
         return body
+
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.read(min(len(buffer), 100_000))  # short reads, as sockets give them
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.body = b""
 
 
 def _store(server: FakeServer, **kwargs: object) -> S3Store:
