@@ -22,8 +22,8 @@ from typing import Any
 
 from driver.store import s3
 
-COUNTED = ("head", "list_page", "get_range", "put", "create_upload", "upload_part",
-           "upload_part_copy", "complete_upload", "abort_upload", "delete")
+COUNTED = ("head", "list_page", "get_range", "get_range_into", "put", "create_upload",
+           "upload_part", "upload_part_copy", "complete_upload", "abort_upload", "delete")
 _counts: dict[str, list[int]] = {}
 # Re-entrant: the SIGUSR1 dump runs on the main thread, which may hold it (fuse_read).
 _lock = threading.RLock()
@@ -32,6 +32,8 @@ _lock = threading.RLock()
 def _moved(name: str, args: tuple[Any, ...], result: Any) -> int:
     if name == "get_range":
         return len(result)
+    if name == "get_range_into":
+        return len(args[4])
     if name == "put":
         return len(args[1])
     if name == "upload_part":

@@ -72,7 +72,8 @@ def summarize(workload: Workload, runs: dict[str, Any]) -> dict[str, Any]:
         per_gib = [s["cpu_s"] / (s["bytes"] / GiB) for s in samples if s["bytes"] >= MiB]
         if per_gib:
             summary.update(cpu_s_per_gib_median=_median(per_gib), cpu_s_per_gib_samples=per_gib)
-        fetched = [s["store_calls"].get("get_range", {}).get("bytes", 0) / s["bytes"]
+        fetched = [sum(s["store_calls"].get(name, {}).get("bytes", 0)
+                       for name in ("get_range", "get_range_into")) / s["bytes"]
                    for s in samples if "store_calls" in s and s["bytes"] >= MiB]
         if workload.group == "read" and fetched:
             # Bytes our mount fetched from the store per byte delivered: > 1 = over-fetching.
