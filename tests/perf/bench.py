@@ -237,10 +237,11 @@ class CsiPublisher:
         seconds = time.perf_counter() - started
         if not mountinfo.is_alive(str(target)):
             raise RuntimeError(f"NodePublishVolume returned but {target} is not live")
-        records = [r for r in self.csi.records() if r["target"] == str(target)]
-        if not records or not (records[0].get("server") or {}).get("pid"):
+        # The supervisor records each FUSE server it forked (pid, uid, target).
+        servers = [r for r in self.csi.servers() if r.get("target") == str(target)]
+        if len(servers) != 1 or not servers[0].get("pid"):
             raise RuntimeError(f"no FUSE server recorded for {target}")
-        return seconds, int(records[0]["server"]["pid"]), volume_id
+        return seconds, int(servers[0]["pid"]), volume_id
 
     def unpublish(self, target: Path, volume_id: str, pid: int) -> None:
         import psutil
