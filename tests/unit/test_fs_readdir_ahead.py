@@ -6,7 +6,6 @@ import errno
 
 import pytest
 import trio
-import trio.testing
 
 from driver.fs.errors import FsError
 from driver.fs.filesystem import Filesystem
@@ -47,8 +46,10 @@ def test_every_entry_once_in_order_and_the_next_page_is_requested_early() -> Non
 
     async def body(fs: Filesystem, fh: int) -> None:
         async for name, _, _ in fs.readdir(fh, 0):
-            if not seen:
-                await trio.testing.wait_all_tasks_blocked()  # let the page-ahead start
+            if not seen:  # page 2 is asked for while page 1 is still being read
+                with trio.fail_after(10):
+                    while store.calls.count("list") < 2:
+                        await trio.sleep(0.01)
                 lists_when_first_entry_arrived.append(store.calls.count("list"))
             seen.append(name)
 
