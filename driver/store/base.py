@@ -88,6 +88,9 @@ class ObjectStore(Protocol):
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         """Bytes [start, end) of `key`; PreconditionFailed when its ETag is not `etag`."""
 
+    # Optional, not part of the protocol: `get_range_into(key, start, end, etag, out)` fills
+    # the caller's buffer instead (S3Store has it); the filesystem then pools part buffers.
+
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         """Write a whole object in one request; return its ETag."""
 
