@@ -237,11 +237,7 @@ class CsiPublisher:
         seconds = time.perf_counter() - started
         if not mountinfo.is_alive(str(target)):
             raise RuntimeError(f"NodePublishVolume returned but {target} is not live")
-        # The supervisor records each FUSE server it forked (pid, uid, target).
-        servers = [r for r in self.csi.servers() if r.get("target") == str(target)]
-        if len(servers) != 1 or not servers[0].get("pid"):
-            raise RuntimeError(f"no FUSE server recorded for {target}")
-        return seconds, int(servers[0]["pid"]), volume_id
+        return seconds, self.csi.server_pid(target), volume_id
 
     def unpublish(self, target: Path, volume_id: str, pid: int) -> None:
         import psutil
