@@ -11,15 +11,19 @@ Nothing touches process-global state (no os.environ per mount).
 from __future__ import annotations
 
 import boto3
+import botocore.exceptions
 
 from driver.credentials.source import Credentials, CredentialsError
 from driver.credentials.web_identity import web_identity_session
 
 
 def boto3_session(credentials: Credentials, region: str | None = None,
-                  credentials_file: str | None = None) -> boto3.Session:
+                  credentials_file: str | None = None,
+                  profile: str | None = None) -> boto3.Session:
     """A boto3 session for `credentials`; `credentials_file` is re-read on each
-    web-identity refresh so a republished token reaches a live mount."""
+    web-identity refresh so a republished token reaches a live mount. `profile` names a
+    profile of the AWS config/credentials files for the "default" kind (mount-s3's
+    --profile)."""
     region = region or credentials.region
     if credentials.kind == "static":
         return boto3.Session(
@@ -29,7 +33,11 @@ def boto3_session(credentials: Credentials, region: str | None = None,
             region_name=region,
         )
     if credentials.kind == "default":
-        return boto3.Session(region_name=region)
+        try:
+            return boto3.Session(region_name=region, profile_name=profile)
+        except botocore.exceptions.ProfileNotFound:
+            raise CredentialsError(f"profile {profile} is not in the AWS config files") \
+                from None
     if credentials.kind == "web_identity":
         return web_identity_session(credentials, credentials_file, region)
     raise CredentialsError(f"credentials of kind {credentials.kind} need provider gcs")

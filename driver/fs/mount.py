@@ -37,6 +37,8 @@ def fuse_options(options: MountOptions, fsname: str) -> set[str]:
         opts.add("allow_other")
     if options.allow_root:
         opts.add("allow_root")
+    if options.auto_unmount:
+        opts.add("auto_unmount")  # fusermount3 unmounts when this process exits
     return opts
 
 
