@@ -345,7 +345,7 @@ class S3Store:
                               self._client.copy_object, Key=dest_key,
                               CopySource={"Bucket": self.bucket, "Key": source.key},
                               CopySourceIfMatch=source.etag, **kwargs)
-        return str(response["CopyObjectResult"]["ETag"])
+        return _quoted(str(response["CopyObjectResult"]["ETag"]))
 
     def _copy_multipart(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
         """Above 5 GiB: UploadPartCopy ranges of the source into a multipart upload, so the
@@ -382,6 +382,11 @@ class S3Store:
             token = page.next_token
             if token is None:
                 return deleted
+
+
+def _quoted(etag: str) -> str:
+    """ETags as HEAD/GET send them, in quotes (some stores leave them off CopyObject's)."""
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
 def crc32c_b64(data: bytes | memoryview) -> str:
