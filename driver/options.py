@@ -383,6 +383,11 @@ OPTION_SPECS: dict[str, OptionSpec] = {
             "S3 Express One Zone caches are not supported: directory buckets need "
             "session-based auth (CreateSession) that this driver lacks"),
             help="refused: S3 Express One Zone cache"),
+        OptionSpec("otlp-endpoint", _refuse(
+            "OTLP export is not built in: metrics are served by the node plugin's "
+            "Prometheus endpoint (and --log-metrics logs them)"), help="refused: OTLP"),
+        OptionSpec("otlp-export-interval", _refuse(
+            "OTLP export is not built in (see otlp-endpoint)"), help="refused: OTLP"),
     )
 }
 
