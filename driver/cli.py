@@ -204,6 +204,8 @@ def _serve_mount(args: argparse.Namespace, options: object) -> int:
 
     assert isinstance(options, MountOptions)
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
+    if ready_fd >= 0:  # helpers we start (fusermount3 for --auto-unmount) must not hold it
+        os.set_inheritable(ready_fd, False)
 
     def ready(error: str | None) -> None:
         nonlocal ready_fd

@@ -113,3 +113,13 @@ def test_log_metrics_logs_request_counts(s3, bucket, mount):
     mnt.close()
     log = mnt.log()
     assert '"store requests"' in log and '"get_range"' in log
+
+
+def test_auto_unmount_unmounts_when_the_server_dies(s3, bucket, mount):
+    import signal
+
+    mnt = mount(bucket, "--auto-unmount")
+    assert mountinfo.find(str(mnt.path)) is not None
+    os.kill(mnt.pid, signal.SIGKILL)  # no chance to unmount itself
+    wait_until(lambda: mountinfo.find(str(mnt.path)) is None, 10, "the kernel to unmount")
+    assert os.listdir(mnt.path) == []  # the plain directory again, not a dead mount

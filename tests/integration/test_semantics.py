@@ -206,13 +206,15 @@ def test_without_ignore_chmod_they_fail_as_today(s3, bucket, mount, tmp_path):
         shutil.copy2(source, mnt / "copy2.txt")
 
 
-def test_rsync_archive_mode_with_ignore_chmod(s3, bucket, mount, tmp_path):
-    if shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed")
+@pytest.mark.parametrize("flags", [["--inplace"], []])
+def test_rsync_archive_mode_with_ignore_chmod(s3, bucket, mount, tmp_path, flags):
+    """rsync -a writes a temporary file and renames it into place (--inplace: no rename)."""
+    assert shutil.which("rsync"), "rsync is installed by `make install` (Debian package)"
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_bytes(b"a")
     (tree / "sub/b.txt").write_bytes(b"b")
-    mnt = mount(bucket, "--ignore-chmod")
-    subprocess.run(["rsync", "-a", "--inplace", f"{tree}/", f"{mnt.path}/"], check=True)
-    assert set(objects(s3, bucket)) == {"a.txt", "sub/b.txt"}
+    mnt = mount(bucket, "--ignore-chmod", *([] if flags else ["--allow-rename"]))
+    subprocess.run(["rsync", "-a", *flags, f"{tree}/", f"{mnt.path}/"], check=True)
+    assert objects(s3, bucket) == {"a.txt": hashlib.sha256(b"a").hexdigest(),
+                                   "sub/b.txt": hashlib.sha256(b"b").hexdigest()}
