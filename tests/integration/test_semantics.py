@@ -218,3 +218,38 @@ def test_rsync_archive_mode_with_ignore_chmod(s3, bucket, mount, tmp_path, flags
     subprocess.run(["rsync", "-a", *flags, f"{tree}/", f"{mnt.path}/"], check=True)
     assert objects(s3, bucket) == {"a.txt": hashlib.sha256(b"a").hexdigest(),
                                    "sub/b.txt": hashlib.sha256(b"b").hexdigest()}
+
+
+def test_copy_above_the_single_request_limit_goes_part_by_part(seaweed, s3, bucket,
+                                                               monkeypatch):
+    """S3's CopyObject stops at 5 GiB; above it the store copies with UploadPartCopy. The
+    limits are lowered here so that a 12 MiB object takes that path on SeaweedFS."""
+    import boto3
+
+    from driver.store import s3 as s3_store
+    from driver.store.base import ObjectInfo, UploadOptions
+
+    monkeypatch.setattr(s3_store, "MAX_COPY", 5 * MiB)
+    monkeypatch.setattr(s3_store, "COPY_PART", 5 * MiB)
+    data = os.urandom(12 * MiB + 1)
+    put(s3, bucket, "big", data)
+    etag = s3.head_object(Bucket=bucket, Key="big")["ETag"]
+    session = boto3.Session(aws_access_key_id=seaweed.access_key,
+                            aws_secret_access_key=seaweed.secret_key)
+    store = s3_store.S3Store(bucket, session, endpoint_url=seaweed.endpoint,
+                             region="us-east-1", path_style=True)
+    new_etag = store.copy(ObjectInfo("big", len(data), etag), "copied", UploadOptions())
+    assert new_etag.endswith('-3"')  # a multipart ETag: three copied parts
+    assert s3.get_object(Bucket=bucket, Key="copied")["Body"].read() == data
+    assert no_pending_uploads(s3, bucket)
+    # Pinned to the ETag: a changed source is not copied, and no upload is left behind.
+    put(s3, bucket, "big", b"changed")
+    from driver.store.base import PreconditionFailed
+
+    with pytest.raises(PreconditionFailed):
+        store.copy(ObjectInfo("big", len(data), etag), "again", UploadOptions())
+    assert no_pending_uploads(s3, bucket)
+    assert "again" not in objects(s3, bucket)
+    with pytest.raises(PreconditionFailed):  # CopyObject is pinned alike
+        store.copy(ObjectInfo("big", 7, etag), "again", UploadOptions())
+    assert "again" not in objects(s3, bucket)
