@@ -169,3 +169,41 @@ def test_new_options_round_trip_through_args_and_json(tmp_path):
     again = cli.options_from_namespace(cli._parser().parse_args(
         ["mount", "b", "/m", *options.to_args()]))
     assert again == options
+
+
+# --------------------------------------------------------------------- PersistentVolumes
+
+def test_pv_mount_options_of_the_same_names():
+    from driver.volume import volume_spec
+
+    spec = volume_spec({"bucketName": "bkt"}, ["allow-rename", "rename-dir-limit=50",
+                                               "incremental-upload", "ignore-chmod",
+                                               "part-size=16MiB", "expected-bucket-owner="
+                                               "123456789012"])
+    options = spec.options
+    assert options.allow_rename and options.rename_dir_limit == 50
+    assert options.incremental_upload and options.ignore_chmod
+    assert options.read_part_size == options.write_part_size == 16 * MiB
+    assert options.expected_bucket_owner == "123456789012"
+    assert volume_spec({"bucketName": "bkt"}).options == MountOptions()  # nothing by default
+
+
+def test_pv_attributes_no_sign_request_and_ca_bundle():
+    from driver.volume import VolumeError, volume_spec
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    spec = volume_spec({"bucketName": "bkt", "noSignRequest": "true", "caBundle": pem})
+    assert spec.options.no_sign_request and spec.options.ca_bundle == pem
+    from_secret = volume_spec({"bucketName": "bkt"}, [], {
+        "CA_BUNDLE": pem, "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"})
+    assert from_secret.options.ca_bundle == pem and from_secret.credentials.kind == "static"
+    with pytest.raises(VolumeError) as caught:
+        volume_spec({"bucketName": "bkt", "noSignRequest": "perhaps"})
+    assert caught.value.field == "volumeAttributes.noSignRequest"
+    with pytest.raises(VolumeError) as caught:
+        volume_spec({"bucketName": "bkt", "caBundle": pem}, [], {"CA_BUNDLE": pem})
+    assert caught.value.field == "secret key CA_BUNDLE"
+    with pytest.raises(VolumeError) as caught:
+        volume_spec({"bucketName": "bkt"}, ["bucket-type=directory"])
+    assert caught.value.field == "mountOptions bucket-type" and "S3 Express" in \
+        caught.value.reason
