@@ -246,3 +246,39 @@ def test_infer_content_type_names_the_type():
 
     run(store, MountOptions(infer_content_type=True), body)
     assert seen == ["text/html", None]
+
+
+def test_rename_into_a_new_directory_and_of_a_local_directory():
+    store = MemoryStore()
+    store.objects["f"] = b"data"
+
+    async def body(fs: Filesystem) -> None:
+        new_dir = await fs.mkdir(ROOT_INODE, "made")  # local until a file is beneath it
+        await fs.rename(ROOT_INODE, "f", new_dir.ino, "f")
+        assert store.objects == {"made/f": b"data"}
+        assert not fs.inodes.get(new_dir.ino).local  # now a real prefix
+        empty = await fs.mkdir(ROOT_INODE, "empty")
+        await fs.rename(ROOT_INODE, "empty", ROOT_INODE, "renamed")  # no object moves
+        assert (await fs.lookup(ROOT_INODE, "renamed")).ino == empty.ino
+        with pytest.raises(FsError):
+            await fs.lookup(ROOT_INODE, "empty")
+        await fs.rmdir(ROOT_INODE, "renamed")
+
+    run(store, RENAME, body)
+    assert store.objects == {"made/f": b"data"}
+
+
+def test_rename_noreplace_and_exchange():
+    store = MemoryStore()
+    store.objects.update({"a": b"1", "b": b"2"})
+
+    async def body(fs: Filesystem) -> None:
+        with pytest.raises(FsError) as caught:
+            await fs.rename(ROOT_INODE, "a", ROOT_INODE, "b", flags=1)  # RENAME_NOREPLACE
+        assert caught.value.errno == errno.EEXIST
+        with pytest.raises(FsError) as caught:
+            await fs.rename(ROOT_INODE, "a", ROOT_INODE, "b", flags=2)  # RENAME_EXCHANGE
+        assert caught.value.errno == errno.EINVAL
+
+    run(store, MountOptions(allow_rename=True, allow_overwrite=True), body)
+    assert store.objects == {"a": b"1", "b": b"2"}
