@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 
 import boto3
-import botocore.exceptions
 import botocore.loaders
 import botocore.session
 
@@ -52,12 +51,12 @@ def boto3_session(credentials: Credentials, region: str | None = None,
     region = region or credentials.region
     if credentials.kind == "default" and profile:
         # An explicit profile wins over the driver's own keys, as with the AWS CLI.
-        try:
-            return boto3.Session(botocore_session=new_botocore_session(), region_name=region,
-                                 profile_name=profile)
-        except botocore.exceptions.ProfileNotFound:
-            raise CredentialsError(f"profile {profile} is not in the AWS config files") \
-                from None
+        # Checked here: botocore finds a missing profile only at the first client.
+        if profile not in boto3.Session(botocore_session=new_botocore_session()) \
+                .available_profiles:
+            raise CredentialsError(f"profile {profile} is not in the AWS config files")
+        return boto3.Session(botocore_session=new_botocore_session(), region_name=region,
+                             profile_name=profile)
     # "default" with keys: the driver's own keys, handed over by the supervisor in the
     # mount's 0600 credentials file rather than through the server's environment.
     if credentials.kind == "static" or (credentials.kind == "default"

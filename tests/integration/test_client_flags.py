@@ -25,8 +25,8 @@ MiB = 1024 * 1024
 def _bare_env(**extra: str) -> dict[str, str]:
     """This process's environment with every way to find AWS credentials taken away."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-               AWS_EC2_METADATA_DISABLED="true", **extra)
+    env.update({"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE":
+                "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true", **extra})
     return env
 
 
@@ -124,3 +124,28 @@ def test_auto_unmount_unmounts_when_the_server_dies(s3, bucket, mount):
     # fusermount3 notices the server's end of its socket close, checks the mount, unmounts.
     wait_until(lambda: mountinfo.find(str(mnt.path)) is None, 30, "fusermount3 to unmount")
     assert os.listdir(mnt.path) == []  # the plain directory again, not a dead mount
+
+
+def test_profile_infer_content_type_and_bind(seaweed, s3, bucket, tmp_path):
+    """--profile takes the keys from a profile of the AWS files (none in the environment);
+    --infer-content-type names new objects' types; --bind=lo binds the connections."""
+    config = tmp_path / "credentials"
+    config.write_text(f"[datasets]\naws_access_key_id = {seaweed.access_key}\n"
+                      f"aws_secret_access_key = {seaweed.secret_key}\n")
+    env = _bare_env(AWS_SHARED_CREDENTIALS_FILE=str(config))
+    target = tmp_path / "mnt"
+    flags = (f"--endpoint-url={seaweed.endpoint}", "--profile=datasets",
+             "--infer-content-type", "--bind=lo")
+    result = _mount(bucket, target, *flags, env=env, log_file=tmp_path / "m.log")
+    assert result.returncode == 0, result.stderr
+    mnt = _live(target, tmp_path / "m.log")
+    try:
+        (target / "page.html").write_bytes(b"<p>hi</p>")
+        (target / "data.json").write_bytes(b"{}")
+    finally:
+        mnt.close()
+    assert s3.head_object(Bucket=bucket, Key="page.html")["ContentType"] == "text/html"
+    assert s3.head_object(Bucket=bucket, Key="data.json")["ContentType"] == "application/json"
+    missing = _mount(bucket, tmp_path / "other", f"--endpoint-url={seaweed.endpoint}",
+                     "--profile=nope", env=env, log_file=tmp_path / "o.log")
+    assert missing.returncode != 0 and "profile nope" in missing.stderr
