@@ -178,10 +178,7 @@ class CsiPublisher:
         seconds = time.perf_counter() - started
         if not mountinfo.is_alive(str(target)):
             raise RuntimeError(f"NodePublishVolume returned but {target} is not live")
-        records = [r for r in self.csi.records() if r["target"] == str(target)]
-        if not records or not (records[0].get("server") or {}).get("pid"):
-            raise RuntimeError(f"no FUSE server recorded for {target}")
-        return seconds, int(records[0]["server"]["pid"]), volume_id
+        return seconds, self.csi.server_pid(target), volume_id
 
     def unpublish(self, target: Path, volume_id: str, pid: int) -> None:
         import psutil
