@@ -130,6 +130,16 @@ class MemoryStore:
         return [(key, upload_id) for upload_id, (key, _) in self.uploads.items()
                 if key.startswith(prefix)]
 
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        self._op("copy")
+        data = self.objects.get(source.key)
+        if data is None:
+            raise NotFound(source.key)
+        if self._etag(data) != source.etag:
+            raise PreconditionFailed(source.key)
+        self.objects[dest_key] = data
+        return self._etag(data)
+
     def delete(self, key: str) -> None:
         self._op("delete")
         self.objects.pop(key, None)

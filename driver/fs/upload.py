@@ -9,6 +9,7 @@ the multipart upload, so the bucket never holds a partial object or an orphaned 
 
 A writer may continue after fsync: the committed object becomes the first part(s) of a new
 multipart upload (UploadPartCopy pinned to its ETag; a tail under 5 MiB is read back).
+An append (`resume`) starts the same way from an object that already exists.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ class Upload:
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+
+    def resume(self, size: int, etag: str) -> None:
+        """Start from an existing object (append): it counts as committed content, which
+        the first write turns into the first part(s) of a new upload."""
+        self.size = self.committed_size = size
+        self.etag = etag
 
     async def _check(self) -> None:
         """Raise EIO once anything has failed, aborting the upload the first time."""

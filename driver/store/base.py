@@ -63,6 +63,7 @@ class UploadOptions:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     checksum: str | None = None  # "crc32c" or None
+    content_type: str | None = None  # None: the store's default (binary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,10 @@ class ObjectStore(Protocol):
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """Pending multipart uploads under `prefix` as (key, upload id)."""
+
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        """Server-side copy of `source` (pinned to its ETag: PreconditionFailed when it
+        changed) to `dest_key`, which appears whole or not at all; return the new ETag."""
 
     def delete(self, key: str) -> None: ...
 

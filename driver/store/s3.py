@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
 import botocore.handlers
+from botocore import UNSIGNED
 from botocore.compat import unquote_str
 from botocore.config import Config
 from botocore.utils import parse_timestamp
@@ -47,6 +50,9 @@ from driver.store.base import (
 )
 
 T = TypeVar("T")
+MiB = 1024 * 1024
+MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied part by part
+COPY_PART = 1024 * MiB  # part size of a multipart copy (at most 10,000 parts: 10 TiB)
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -187,17 +193,67 @@ def _install_fast_list(client: Any) -> None:
     events.register_first("before-parse.s3.*", _before_parse)
 
 
-def client_config(max_pool: int, path_style: bool, connect_timeout: float = 5) -> Config:
+@dataclass(frozen=True)
+class ClientSettings:
+    """mount-s3's client flags, as the S3 client applies them."""
+
+    unsigned: bool = False  # --no-sign-request: anonymous requests
+    ca_bundle: str | None = None  # PEM file: the CAs trusted for the endpoint's TLS
+    expected_bucket_owner: str | None = None  # sent as x-amz-expected-bucket-owner
+    user_agent_prefix: str | None = None
+    accelerate: bool = False
+    dual_stack: bool = False
+    bind_interface: str | None = None  # SO_BINDTODEVICE on every connection
+
+
+def client_config(max_pool: int, path_style: bool, connect_timeout: float = 5,
+                  settings: ClientSettings | None = None) -> Config:
+    settings = settings or ClientSettings()
+    s3: dict[str, Any] = {"addressing_style": "path" if path_style else "auto"}
+    if settings.accelerate:
+        s3["use_accelerate_endpoint"] = True
+    extra: dict[str, Any] = {}
+    if settings.unsigned:
+        extra["signature_version"] = UNSIGNED
+    if settings.dual_stack:
+        extra["use_dualstack_endpoint"] = True
     return Config(
         max_pool_connections=max_pool,
-        s3={"addressing_style": "path" if path_style else "auto"},
+        s3=s3,
         retries={"mode": "standard", "max_attempts": 4},
         connect_timeout=connect_timeout,
         read_timeout=60,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        **extra,
     )
+
+
+def _apply_settings(client: Any, settings: ClientSettings) -> None:
+    """What botocore's Config cannot say: headers on every request, a bound interface."""
+    owner, prefix = settings.expected_bucket_owner, settings.user_agent_prefix
+    if owner or prefix:
+        def add_headers(request: Any, **_: Any) -> None:
+            if owner:
+                request.headers["x-amz-expected-bucket-owner"] = owner
+            if prefix:
+                agent = request.headers.get("User-Agent", "")
+                agent = agent.decode() if isinstance(agent, bytes) else agent
+                request.headers["User-Agent"] = f"{prefix} {agent}".strip()
+
+        # before-sign: the headers are part of what SigV4 signs (and sent unsigned too).
+        client.meta.events.register("before-sign.s3", add_headers)
+    if settings.bind_interface:
+        # botocore has no public knob for socket options; its URLLib3Session keeps them
+        # in `_socket_options`, applied to every new connection of every pool.
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        options = getattr(session, "_socket_options", None)
+        if not isinstance(options, list):
+            raise InvalidRequest("bind: this botocore cannot bind connections to an "
+                                 "interface")
+        options.append((socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                        settings.bind_interface.encode()))
 
 
 def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
@@ -222,17 +278,21 @@ class S3Store:
 
     def __init__(self, bucket: str, session: boto3.Session, *, endpoint_url: str | None = None,
                  region: str | None = None, path_style: bool = False,
-                 requester_pays: bool = False, max_pool: int = 16) -> None:
+                 requester_pays: bool = False, max_pool: int = 16,
+                 settings: ClientSettings | None = None) -> None:
         self.bucket = bucket
-        self._config = client_config(max_pool, path_style)
+        settings = settings or ClientSettings()
+        self._config = client_config(max_pool, path_style, settings=settings)
         self._session = session
         self._endpoint_url = endpoint_url
+        verify: str | None = settings.ca_bundle
         if region is None and endpoint_url is None:
             region = detect_region(session, bucket, None, self._config)
         self.region = region or "us-east-1"
         self._client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url,
-                                      config=self._config)
+                                      config=self._config, verify=verify)
         _install_fast_list(self._client)
+        _apply_settings(self._client, settings)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
@@ -340,6 +400,8 @@ class S3Store:
             kwargs["SSEKMSKeyId"] = options.sse_kms_key_id
         if options.checksum == "crc32c":
             kwargs["ChecksumAlgorithm"] = "CRC32C"
+        if options.content_type:
+            kwargs["ContentType"] = options.content_type
         return kwargs
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
@@ -405,6 +467,34 @@ class S3Store:
                               self._client.list_multipart_uploads, Prefix=prefix)
         return [(item["Key"], item["UploadId"]) for item in response.get("Uploads", ())]
 
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        if source.size > MAX_COPY:
+            return self._copy_multipart(source, dest_key, options)
+        kwargs = self._object_kwargs(options)
+        kwargs.pop("ChecksumAlgorithm", None)  # a server-side copy moves no bytes of ours
+        if "ContentType" in kwargs:
+            kwargs["MetadataDirective"] = "REPLACE"
+        response = self._call(f"CopyObject {source.key} -> {dest_key}",
+                              self._client.copy_object, Key=dest_key,
+                              CopySource={"Bucket": self.bucket, "Key": source.key},
+                              CopySourceIfMatch=source.etag, **kwargs)
+        return _quoted(str(response["CopyObjectResult"]["ETag"]))
+
+    def _copy_multipart(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        """Above 5 GiB: UploadPartCopy ranges of the source into a multipart upload, so the
+        destination appears only at completion; any failure aborts it."""
+        upload_id = self.create_upload(dest_key, options)
+        try:
+            parts = [
+                self.upload_part_copy(dest_key, upload_id, number, source.key, start,
+                                      min(source.size, start + COPY_PART), source.etag)
+                for number, start in enumerate(range(0, source.size, COPY_PART), start=1)
+            ]
+            return self.complete_upload(dest_key, upload_id, parts)
+        except BaseException:
+            self.abort_upload(dest_key, upload_id)
+            raise
+
     def delete(self, key: str) -> None:
         self._call(f"DELETE {key}", self._client.delete_object, Key=key, **self._payer)
 
@@ -425,6 +515,11 @@ class S3Store:
             token = page.next_token
             if token is None:
                 return deleted
+
+
+def _quoted(etag: str) -> str:
+    """ETags as HEAD/GET send them, in quotes (some stores leave them off CopyObject's)."""
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
 def crc32c_b64(data: bytes | memoryview) -> str:
