@@ -362,7 +362,8 @@ class CachedFetch:
     """
 
     def __init__(self, cache: BlockCache, version: ObjectVersion,
-                 fetch: Callable[[int, int], Awaitable[bytes]], spawn: Callable[..., None],
+                 fetch: Callable[[int, int], Awaitable[bytes | bytearray]],
+                 spawn: Callable[..., None],
                  io_limiter: trio.CapacityLimiter, writes: WriteBudget) -> None:
         self.cache = cache
         self.version = version
@@ -371,7 +372,7 @@ class CachedFetch:
         self._limiter = io_limiter
         self._writes = writes
 
-    async def __call__(self, start: int, end: int) -> bytes | memoryview:
+    async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview:
         bs = self.cache.block_size
         first, last = start // bs, (end - 1) // bs
         blocks: dict[int, bytes | memoryview] = await trio.to_thread.run_sync(
@@ -385,7 +386,8 @@ class CachedFetch:
             while run_end + 1 <= last and run_end + 1 not in blocks:
                 run_end += 1
             lo, hi = index * bs, min((run_end + 1) * bs, self.version.size)
-            data = memoryview(await self._fetch(lo, hi))
+            raw = await self._fetch(lo, hi)
+            data = memoryview(raw)
             if len(data) != hi - lo:
                 raise OSError(errno.EIO, f"store returned {len(data)} of {hi - lo} bytes")
             fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
@@ -393,7 +395,7 @@ class CachedFetch:
             blocks.update(fresh)
             await self._store_later(fresh, hi - lo)
             if lo == start and hi == end and len(fresh) == last - first + 1:
-                return data  # the whole request was one GET: no copy
+                return raw  # the whole request was one GET: no copy (a pooled buffer stays one)
             index = run_end + 1
         joined = b"".join(blocks[i] for i in range(first, last + 1))
         offset = start - first * bs
