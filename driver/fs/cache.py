@@ -50,6 +50,7 @@ _HEADER = struct.Struct("<4sIIQ32s")  # magic, data length, crc32c(data), index,
 HEADER_SIZE = _HEADER.size
 LAYOUT = "v1"
 LAST_USED = ".last-used"  # touched when a mount starts and stops using the directory
+RESERVED_PREFIX = "put-"  # temporary files whose bytes are reserved in the usage count
 STALE_TMP_SECONDS = 600.0
 # Keep this much of the disk free when no --max-cache-size is given (mountpoint-s3's rule).
 MIN_FREE_FRACTION = 0.05
@@ -204,26 +205,27 @@ class BlockCache:
         size = HEADER_SIZE + len(data)
         if not isinstance(data, bytes):
             data = bytes(data)  # google_crc32c takes bytes only; a copy is cheap beside it
-        try:
-            if not self._reserve(size):
-                return False
-        except OSError as exc:
-            self._degrade("cannot account the cache directory", exc)
-            return False
         tmp = None
+        reserved = False
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)  # 0600
+            # The temporary file exists before its bytes are reserved, so a scan by another
+            # thread or mount counts the reservation (as a RESERVED_PREFIX file).
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=RESERVED_PREFIX)  # 0600
             with open(fd, "wb") as out:
+                if not self._reserve(size, pending=True):
+                    return False
+                reserved = True
                 out.write(_HEADER.pack(_MAGIC, len(data), google_crc32c.value(data), index,
                                        version.digest))
                 out.write(data)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.replace(tmp, path)
             tmp = None
             self.stats.written += 1
             return True
         except OSError as exc:
-            self._release(size)
+            if reserved:
+                self._release(size)
             self._degrade("cannot write to the cache directory", exc)
             return False
         finally:
@@ -249,11 +251,15 @@ class BlockCache:
     def _write_usage(self, value: int) -> None:
         os.pwrite(self._usage_fd, struct.pack("<Q", max(0, value)), 0)
 
-    def _reserve(self, size: int) -> bool:
+    def _reserve(self, size: int, pending: bool = False) -> bool:
+        """Count `size` more bytes if they fit (evicting to make room). `pending`: the caller
+        already holds a RESERVED_PREFIX temporary file, which a scan counts as a block."""
         with self._locked():
             used = self._read_usage()
             if not self._fits(used + size):
                 used = self._evict(size)
+                if pending:
+                    used -= HEADER_SIZE + self.block_size
                 if not self._fits(used + size):
                     return False
             self._write_usage(used + size)
@@ -277,8 +283,15 @@ class BlockCache:
         return size + int(disk.f_blocks * disk.f_frsize * MIN_FREE_FRACTION)
 
     def _scan(self) -> tuple[int, list[tuple[float, int, str]]]:
-        """(total bytes, [(mtime, size, path)]) of every block file; vanishing files skipped."""
+        """(total bytes, [(mtime, size, path)]) of every block file; vanishing files skipped.
+
+        The total includes blocks being written (a full block for each reserved temporary
+        file, which may be in any process). Temporary files are listed before blocks: one
+        renamed in between is counted twice, never missed."""
         total, files = 0, []
+        with contextlib.suppress(OSError), os.scandir(self.tmp_dir) as pending:
+            total += sum(HEADER_SIZE + self.block_size for entry in pending
+                         if entry.name.startswith(RESERVED_PREFIX))
         with os.scandir(self.blocks_dir) as fans:
             for fan in fans:
                 try:
@@ -480,7 +493,7 @@ class BlockWriter:
 
     def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, int] | None:
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir)  # 0600
+            fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir, prefix="stage-")  # 0600
             with open(fd, "wb") as out:
                 out.seek(HEADER_SIZE)
                 out.write(block)

@@ -23,7 +23,7 @@ import pytest
 from driver.cli import exit_status
 from driver.devservers import SeaweedS3, wait_until
 from driver.failures import FailureKind
-from driver.fs.cache import HEADER_SIZE
+from driver.fs.cache import HEADER_SIZE, BlockCache, ObjectVersion
 from driver.volume import cache_dir, volume_spec
 from tests.counting_proxy import CountingProxy
 from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
@@ -156,7 +156,12 @@ def test_cache_stays_under_max_cache_size(s3, bucket, mount, proxy, tmp_path):
             hasher.update(chunk)
             peak = max(peak, _cached_bytes(cache))
     assert hasher.hexdigest() == digest
-    wait_until(lambda: _cached_bytes(cache) > 16 * MiB, 30, "the cache to fill")
+    # The tail's blocks are the last written (in the background): wait for them.
+    version = ObjectVersion(bucket, "l.bin", s3.head_object(Bucket=bucket, Key="l.bin")["ETag"],
+                            size)
+    layout = BlockCache(cache, None)
+    wait_until(lambda: all(os.path.exists(layout.path(version, i)) for i in range(120, 128)),
+               30, "the tail's blocks in the cache")
     peak = max(peak, _cached_bytes(cache))
     assert 16 * MiB < peak <= 32 * MiB
     # The tail of the object is what is cached now (LRU), so re-reading it makes no GET.
