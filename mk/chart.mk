@@ -17,7 +17,8 @@ DOCKER_DATA := $(CACHE)/docker
 DOCKER_SOCK := $(CACHE)/docker.sock
 DOCKER := docker -H unix://$(DOCKER_SOCK)
 
-TEST_DEPS += tools-helm
+# The chart and e2e-static unit tests render the chart with helm.
+UNIT_DEPS += tools-helm
 
 .PHONY: tools-helm manifests chart-check image image-smoke dockerd-start dockerd-stop base-image
 

@@ -6,7 +6,6 @@ assertion against the key it trusts, or validates the pod token in a workload-id
 token exchange, and refuses anything else. A refused exchange must fail the mount with
 "denied"; an accepted one must have happened for the mount to be live.
 """
-# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import pytest
 from driver.devservers import FakeGcs, wait_until
 from driver.volume import Credentials
 from tests.creds_helpers import CredMounts, remember, write_credentials
-from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket  # noqa: F401
 from tests.oidc_issuer import OidcIssuer, new_rsa_key, private_pem
 
 WIF_AUDIENCE = ("//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/"
@@ -33,13 +31,6 @@ WIF_AUDIENCE = ("//iam.googleapis.com/projects/123/locations/global/workloadIden
 def issuer() -> Iterator[OidcIssuer]:
     with OidcIssuer() as server:
         yield server
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[CredMounts]:
-    manager = CredMounts(tmp_path)
-    yield manager
-    manager.close()
 
 
 def _service_account(issuer: OidcIssuer, trusted: bool) -> Credentials:

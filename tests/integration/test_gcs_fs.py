@@ -1,5 +1,4 @@
 """The filesystem over the native GCS backend: real FUSE mounts against fake-gcs-server."""
-# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from driver.devservers import FakeGcs
 from driver.store.base import UploadOptions
 from driver.store.gcs import UPLOADS, GcsStore
 from driver.volume import Credentials
-from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
 
 MiB = 1024 * 1024
 
