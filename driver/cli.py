@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driver import __version__
+
+if TYPE_CHECKING:
+    from driver.options import MountOptions
 
 READY_FD_ENV = "CLOUDBUCKET_READY_FD"
 CREDENTIALS_FILE_ENV = "CLOUDBUCKET_CREDENTIALS_FILE"
@@ -25,8 +29,6 @@ def _parser() -> argparse.ArgumentParser:
                                      "the Kubernetes CSI driver cloudbucket.csi.io.")
     parser.add_argument("--version", action="version", version=f"cloudbucket-csi {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    from driver.volume import add_option_arguments
 
     mount = commands.add_parser("mount", allow_abbrev=False,
                                 help="mount a bucket at a directory (like mount-s3)")
@@ -50,6 +52,29 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="mount a seeded local SeaweedFS bucket and use it")
     demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every mount option as --name (switches take an optional value: --read-only=false)."""
+    from driver.options import OPTION_SPECS
+
+    for spec in OPTION_SPECS.values():
+        if spec.flag:
+            parser.add_argument(f"--{spec.name}", nargs="?", const=True, default=None,
+                                metavar="BOOL", help=spec.help)
+        else:
+            parser.add_argument(f"--{spec.name}", default=None, help=spec.help)
+
+
+def options_from_namespace(namespace: argparse.Namespace) -> MountOptions:
+    from driver.options import OPTION_SPECS, parse_option_values
+
+    values = {
+        spec.name: getattr(namespace, spec.attr)
+        for spec in OPTION_SPECS.values()
+        if getattr(namespace, spec.attr, None) is not None
+    }
+    return parse_option_values(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +117,12 @@ def _check_mountpoint(path: str) -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from driver.volume import VolumeError, options_from_namespace, validate_bucket
+    from driver.options import OptionError, validate_bucket
 
     try:
         options = options_from_namespace(args)
-        validate_bucket(args.bucket, "bucket")
-    except VolumeError as exc:
+        validate_bucket(args.bucket)
+    except OptionError as exc:
         raise CliError(f"invalid option --{exc}") from None
     _check_mountpoint(args.mountpoint)
     if not args.foreground:
@@ -127,8 +152,6 @@ def _spawn_background(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> list[str]:
-    from driver.volume import options_from_namespace
-
     argv = [args.bucket, args.mountpoint, *options_from_namespace(args).to_args()]
     if args.debug:
         argv.append("--debug")
@@ -140,10 +163,11 @@ def _reconstruct(args: argparse.Namespace) -> list[str]:
 
 
 def _serve_mount(args: argparse.Namespace, options: object) -> int:
+    from driver.connect import open_store
+    from driver.credentials.source import Credentials, CredentialsError
     from driver.fs.mount import serve
+    from driver.options import MountOptions
     from driver.store import StoreError
-    from driver.store.factory import open_store
-    from driver.volume import Credentials, MountOptions
 
     assert isinstance(options, MountOptions)
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
@@ -168,7 +192,7 @@ def _serve_mount(args: argparse.Namespace, options: object) -> int:
     try:
         store = open_store(args.bucket, options, credentials, args.credentials_file)
         store.check_bucket()
-    except (StoreError, ValueError) as exc:  # ValueError: credentials unusable here
+    except (StoreError, CredentialsError) as exc:
         ready(describe_store_error(exc, args.bucket, options.endpoint_url))
         return 1
     fsname = f"cloudbucket:{args.bucket}/{options.prefix}"

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import boto3
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from driver.devservers import FakeGcs, SeaweedS3
 from driver.store.base import ObjectStore
 from driver.store.gcs import UPLOADS, GcsStore
 from driver.store.s3 import S3Store
-from driver.volume import Credentials
 
 PROVIDERS = ("s3", "gcs")
 
@@ -105,10 +105,11 @@ class GcsObjects:
 
 
 def open_store(provider: str, server: SeaweedS3 | FakeGcs, bucket: str) -> ObjectStore:
-    """Our ObjectStore for `bucket` on a test server, as the FUSE server would build it."""
+    """Our ObjectStore for `bucket` on a test server (driver/connect.py builds the real
+    ones from credentials; here the servers' own test identities are handed in)."""
     if provider == "gcs":
         assert isinstance(server, FakeGcs)
-        return GcsStore(bucket, Credentials(), endpoint_url=server.endpoint)
+        return GcsStore(bucket, AnonymousCredentials(), endpoint_url=server.endpoint)
     assert isinstance(server, SeaweedS3)
     session = boto3.Session(aws_access_key_id=server.access_key,
                             aws_secret_access_key=server.secret_key)

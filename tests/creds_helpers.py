@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import wait_until
 from driver.mounts import mountinfo
-from driver.volume import Credentials
 from tests.helpers import MountProcess, server_pid
 
 # Every secret and token a test hands out is recorded here, for the log scans.

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import SeaweedS3
-from driver.volume import Credentials
 from tests.creds_helpers import remember
 from tests.oidc_issuer import OidcIssuer, allow, role_arn, seaweed_iam_config
 

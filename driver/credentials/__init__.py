@@ -1,45 +1,10 @@
-"""Credentials for the store clients, from a volume's `Credentials`.
+"""Credentials for the store clients, from a volume's `Credentials` (source.py).
 
-- "static": fixed keys (+ session token) in a boto3 session (S3, R2, GCS through HMAC).
-- "default": the driver's own identity through boto3's chain (env vars, profiles,
-  AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, instance metadata) or google.auth.default().
-- "web_identity": AssumeRoleWithWebIdentity of `role_arn` with the pod's service-account
-  token (see `web_identity.py`); refreshed before expiry, re-reading the token each time.
-- "gcs_service_account": native GCS service-account or external-account JSON (`gcs.py`).
+- source.py: the `Credentials` type itself (no client libraries imported).
+- aws.py: boto3 sessions (static keys, the default chain, web identity with refresh).
+- web_identity.py: AssumeRoleWithWebIdentity with the pod's token, re-read on refresh.
+- gcs.py: google-auth credentials for the native GCS backend.
 
-Nothing here touches process-global state (no os.environ per mount): each mount is its
-own process, but the node plugin may build clients for several volumes in one process.
+This package imports nothing itself, so naming `Credentials` stays cheap. Nothing here
+touches process-global state (no os.environ per mount).
 """
-
-from __future__ import annotations
-
-import boto3
-
-from driver.credentials.web_identity import web_identity_session
-from driver.volume import Credentials
-
-
-class CredentialsError(ValueError):
-    """The credentials cannot be used with this provider (a configuration mistake)."""
-
-
-def boto3_session(credentials: Credentials, region: str | None = None,
-                  credentials_file: str | None = None) -> boto3.Session:
-    """A boto3 session for `credentials`; `credentials_file` is re-read on each
-    web-identity refresh so a republished token reaches a live mount."""
-    region = region or credentials.region
-    if credentials.kind == "static":
-        return boto3.Session(
-            aws_access_key_id=credentials.access_key_id,
-            aws_secret_access_key=credentials.secret_access_key,
-            aws_session_token=credentials.session_token or None,
-            region_name=region,
-        )
-    if credentials.kind == "default":
-        return boto3.Session(region_name=region)
-    if credentials.kind == "web_identity":
-        return web_identity_session(credentials, credentials_file, region)
-    raise CredentialsError(f"credentials of kind {credentials.kind} need provider gcs")
-
-
-__all__ = ["CredentialsError", "boto3_session", "web_identity_session"]

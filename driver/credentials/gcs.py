@@ -22,13 +22,13 @@ import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 
-from driver.volume import Credentials
+from driver.credentials.source import Credentials, CredentialsError
 
 SCOPES = ["https://www.googleapis.com/auth/devstorage.full_control"]
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
-class GcsCredentialsError(ValueError):
+class GcsCredentialsError(CredentialsError):
     """The JSON is not a kind of Google credentials this driver can use."""
 
 
@@ -83,6 +83,7 @@ def google_credentials(credentials: Credentials, credentials_file: str | None,
         except google.auth.exceptions.DefaultCredentialsError:
             if custom_endpoint or os.environ.get("STORAGE_EMULATOR_HOST"):
                 return google.auth.credentials.AnonymousCredentials(), None
-            raise
+            raise GcsCredentialsError("no Google credentials found (no secret, and "
+                                      "google.auth.default() found none)") from None
     raise GcsCredentialsError(f"credentials of kind {credentials.kind} need provider s3 "
                               "(GCS through HMAC keys uses the S3 endpoint)")

@@ -34,7 +34,7 @@ import structlog
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
-from driver.volume import Credentials
+from driver.credentials.source import Credentials
 
 log = structlog.get_logger()
 

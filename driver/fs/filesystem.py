@@ -33,8 +33,8 @@ from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
+from driver.options import MINIMAL_TTL, MountOptions
 from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, UploadOptions
-from driver.volume import MINIMAL_TTL, MountOptions
 
 log = structlog.get_logger()
 NAME_MAX = 255

@@ -21,8 +21,8 @@ import trio
 
 from driver.fs.filesystem import Filesystem
 from driver.fs.fuse import FuseOperations
+from driver.options import MountOptions
 from driver.store.base import ObjectStore
-from driver.volume import MountOptions
 
 log = structlog.get_logger()
 READ_AHEAD_KB = 16 * 1024

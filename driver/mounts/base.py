@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, Protocol
 
-from driver.volume import Credentials, VolumeSpec
+from driver.credentials.source import Credentials
+from driver.volume import VolumeSpec
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,8 @@ def zombie_children(proc: str = "/proc") -> list[int]:
 
 def canonical_flags(flags: list[str]) -> list[str]:
     """Validate `cloudbucket-csi mount` option flags and return them in canonical form."""
-    from driver.volume import VolumeError, add_option_arguments, options_from_namespace
+    from driver.cli import add_option_arguments, options_from_namespace
+    from driver.options import OptionError as VolumeError
 
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise MounterError("flags must be a list of strings")

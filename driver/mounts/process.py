@@ -25,6 +25,7 @@ from pathlib import Path
 
 import structlog
 
+from driver.credentials.source import Credentials
 from driver.mounts import mountinfo
 from driver.mounts.base import (
     FailureKind,
@@ -34,7 +35,7 @@ from driver.mounts.base import (
     TargetState,
 )
 from driver.mounts.state import private_dir, target_key, write_atomically
-from driver.volume import Credentials, VolumeSpec
+from driver.volume import VolumeSpec
 
 log = structlog.get_logger()
 

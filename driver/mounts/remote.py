@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+from driver.credentials.source import Credentials
 from driver.mounts import mountinfo
 from driver.mounts.base import Health, MountFailed, ServerInfo, TargetState
 from driver.mounts.mounter import MounterClient, MounterError
 from driver.mounts.process import classify, probe_mount
-from driver.volume import Credentials, VolumeSpec
+from driver.volume import VolumeSpec
 
 MOUNTER_SOCKET_ENV = "CLOUDBUCKET_MOUNTER_SOCKET"
 _REMOTE = ServerInfo(pid=0, start_time=0, credentials_file="", log_file="")

@@ -18,6 +18,7 @@ import re
 import grpc
 import structlog
 
+from driver.connect import open_store
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.services import capabilities, volume_id
 from driver.services.errors import (
@@ -29,7 +30,6 @@ from driver.services.errors import (
 )
 from driver.services.locks import KeyedLocks
 from driver.store.base import BucketNotFound, StoreError
-from driver.store.factory import open_store
 from driver.volume import (
     ATTR_PREFIX,
     ATTR_ROLE_ARN,

@@ -19,6 +19,7 @@ from typing import Literal
 import grpc
 import structlog
 
+from driver.credentials.source import Credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.mounts.base import Mounter, MountFailed, ServerInfo, TargetState
 from driver.mounts.process import remove_target_dir
@@ -26,7 +27,7 @@ from driver.mounts.state import MountRecord, StateStore
 from driver.services import capabilities, legacy
 from driver.services.errors import CsiError, from_volume_error, invalid, require
 from driver.services.locks import KeyedLocks
-from driver.volume import Credentials, VolumeError, VolumeSpec, is_ephemeral, volume_spec
+from driver.volume import VolumeError, VolumeSpec, is_ephemeral, volume_spec
 
 log = structlog.get_logger()
 PROVISIONER_KEY_PREFIX = "storage.kubernetes.io/"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
+from driver.options import OptionError
 from driver.volume import (
     ATTR_BUCKET,
     ATTR_ENDPOINT,
@@ -75,6 +76,6 @@ def decode(volume_id: str) -> Location | None:
         bucket = validate_bucket(values["b"])
         options = parse_option_values({_FIELDS[short][1]: text for short, text in values.items()
                                        if _FIELDS[short][1] is not None})
-    except VolumeError:
+    except (VolumeError, OptionError):
         return None
     return Location(bucket=bucket, options=options)

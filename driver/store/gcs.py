@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import google.api_core.exceptions as gexc
+import google.auth.credentials
 import google.auth.exceptions
 import requests
 import structlog
@@ -38,7 +39,6 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from driver.credentials.gcs import GcsCredentialsError, google_credentials
 from driver.store.base import (
     AccessDenied,
     BucketNotFound,
@@ -52,7 +52,6 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
-from driver.volume import Credentials
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -85,13 +84,11 @@ def _translate(exc: BaseException, what: str) -> StoreError:
         log.error("Google credentials refused: requests fail with EACCES until valid "
                   "credentials arrive", what=what, error=type(exc).__name__)
         return AccessDenied(f"{what}: Google credentials refused ({type(exc).__name__})")
-    if isinstance(exc, GcsCredentialsError):
-        return AccessDenied(f"{what}: {exc}")
     return StoreError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 _ERRORS = (gexc.GoogleAPICallError, google.auth.exceptions.GoogleAuthError,
-           requests.RequestException, GcsCredentialsError)
+           requests.RequestException)
 
 
 @contextlib.contextmanager
@@ -117,15 +114,15 @@ def _generation(etag: str) -> int:
 class GcsStore:
     """An ObjectStore over one GCS bucket."""
 
-    def __init__(self, bucket: str, credentials: Credentials, *,
-                 credentials_file: str | None = None, endpoint_url: str | None = None,
+    def __init__(self, bucket: str, credentials: google.auth.credentials.Credentials,
+                 project: str | None = None, *, endpoint_url: str | None = None,
                  max_pool: int = 16) -> None:
+        """`credentials` are google-auth's (built by driver/connect.py); they refresh
+        themselves, re-reading the mount's credentials file where that applies."""
         self.bucket = bucket
         options = ClientOptions(api_endpoint=endpoint_url) if endpoint_url else None
         with _translated(f"bucket {bucket}"):
-            creds, project = google_credentials(credentials, credentials_file,
-                                                custom_endpoint=endpoint_url is not None)
-            self._client = storage.Client(project=project or "<none>", credentials=creds,
+            self._client = storage.Client(project=project or "<none>", credentials=credentials,
                                           client_options=options)
         # One HTTP connection per worker thread, as for S3.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max_pool)

@@ -25,7 +25,7 @@ python3 -m driver.mounts.mounter --socket=/var/lib/cloudbucket-csi/mounter/mount
 python3 - <<'PY'
 import os, time
 from driver.mounts.mounter import MounterClient, MounterError
-from driver.volume import Credentials
+from driver.credentials.source import Credentials
 client = MounterClient("/var/lib/cloudbucket-csi/mounter/mounter.sock")
 for _ in range(100):
     try:

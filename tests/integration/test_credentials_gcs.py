@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import FakeGcs, wait_until
-from driver.volume import Credentials
 from tests.creds_helpers import CredMounts, remember, write_credentials
 from tests.oidc_issuer import OidcIssuer, new_rsa_key, private_pem
 

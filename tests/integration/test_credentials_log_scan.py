@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import FakeGcs
-from driver.volume import Credentials
 from tests.creds_helpers import (
     CredMounts,
     find_leaks,

@@ -20,8 +20,8 @@ import botocore
 import pytest
 from botocore.config import Config
 
+from driver.credentials.source import Credentials
 from driver.devservers import wait_until
-from driver.volume import Credentials
 from tests.creds_helpers import CredMounts, remember, write_credentials
 from tests.oidc_issuer import role_arn
 from tests.sts_fixtures import TOKEN_DURATION, Env

@@ -7,12 +7,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from driver.devservers import FakeGcs
 from driver.store.base import UploadOptions
 from driver.store.gcs import UPLOADS, GcsStore
-from driver.volume import Credentials
 
 MiB = 1024 * 1024
 
@@ -163,7 +163,7 @@ def test_endpoint_url_works_without_emulator_variable(gcs, gcs_bucket,
 
 
 def test_store_abort_leaves_nothing(fake_gcs: FakeGcs, gcs, gcs_bucket) -> None:
-    store = GcsStore(gcs_bucket, Credentials(), endpoint_url=fake_gcs.endpoint)
+    store = GcsStore(gcs_bucket, AnonymousCredentials(), endpoint_url=fake_gcs.endpoint)
     upload = store.create_upload("k", UploadOptions())
     store.upload_part("k", upload, 1, b"a" * 1000, UploadOptions(checksum="crc32c"))
     assert store.list_uploads("") == [("k", upload)]
@@ -174,7 +174,7 @@ def test_store_abort_leaves_nothing(fake_gcs: FakeGcs, gcs, gcs_bucket) -> None:
 
 
 def test_store_compose_more_than_32_parts(fake_gcs: FakeGcs, gcs_bucket) -> None:
-    store = GcsStore(gcs_bucket, Credentials(), endpoint_url=fake_gcs.endpoint)
+    store = GcsStore(gcs_bucket, AnonymousCredentials(), endpoint_url=fake_gcs.endpoint)
     store.put("src", b"0123456789", UploadOptions())
     source = store.head("src")
     assert source is not None

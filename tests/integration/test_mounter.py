@@ -25,10 +25,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.devservers import SeaweedS3, wait_until
 from driver.mounts import mountinfo
 from driver.mounts.mounter import MounterClient, MounterError, zombie_children
-from driver.volume import Credentials
 from tests.helpers import server_pid
 
 # The "node plugin": asks the mounter for one mount, says so, then idles until killed.

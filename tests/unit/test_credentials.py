@@ -13,10 +13,10 @@ import botocore.exceptions
 import pytest
 from botocore.stub import Stubber
 
-from driver.credentials import CredentialsError, boto3_session
+from driver.credentials.aws import CredentialsError, boto3_session
 from driver.credentials.gcs import GcsCredentialsError, google_credentials
+from driver.credentials.source import Credentials
 from driver.credentials.web_identity import TokenSource, WebIdentityCredentials, scrub
-from driver.volume import Credentials
 from tests.oidc_issuer import new_rsa_key, private_pem
 
 ROLE = "arn:aws:iam::123456789012:role/reader"

@@ -8,7 +8,6 @@ import google.auth.exceptions
 import pytest
 import requests
 
-from driver.credentials.gcs import GcsCredentialsError
 from driver.store import base
 from driver.store.gcs import _translate
 
@@ -28,7 +27,6 @@ from driver.store.gcs import _translate
     (google.auth.exceptions.DefaultCredentialsError("none"), base.AccessDenied),
     (google.auth.exceptions.TransportError("refused"), base.EndpointUnreachable),
     (requests.ConnectionError("refused"), base.EndpointUnreachable),
-    (GcsCredentialsError("unsupported Google credentials type 'x'"), base.AccessDenied),
 ])
 def test_translate(error: Exception, expected: type[base.StoreError]) -> None:
     translated = _translate(error, "GET k")

@@ -10,12 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from driver.credentials.source import Credentials
 from driver.csi import csi_pb2
 from driver.mounts.base import Health, MountFailed, ServerInfo, TargetState
 from driver.mounts.state import StateStore
 from driver.services.errors import CsiError
 from driver.services.node import NodeService
-from driver.volume import Credentials, VolumeSpec
+from driver.volume import VolumeSpec
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from driver.fs.errors import FsError
 from driver.fs.filesystem import Filesystem
 from driver.fs.inodes import ROOT_INODE
-from driver.volume import MountOptions
+from driver.options import MountOptions
 from tests.memstore import MemoryStore
 
 NAMES = st.sampled_from(["a", "b", "c"])

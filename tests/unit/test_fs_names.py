@@ -6,7 +6,7 @@ import trio
 
 from driver.fs.filesystem import Filesystem, valid_name
 from driver.fs.inodes import ROOT_INODE
-from driver.volume import MountOptions
+from driver.options import MountOptions
 from tests.memstore import MemoryStore
 
 

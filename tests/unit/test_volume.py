@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from driver.options import OptionError
 from driver.volume import (
     TOKENS_KEY,
     MountOptions,
@@ -46,17 +47,22 @@ def test_mount_flags_parse_with_mountpoint_names():
     ],
 )
 def test_bad_flags_name_the_field(flag, field):
-    with pytest.raises(VolumeError) as caught:
+    with pytest.raises(OptionError) as caught:
         parse_mount_flags([flag])
     assert caught.value.field == field
     assert field in str(caught.value)
+    assert caught.value.reason and caught.value.reason in str(caught.value)
 
 
-def test_to_args_round_trips():
+def test_options_round_trip_through_json():
     options = parse_mount_flags(["allow-delete", "uid=7", "prefix=a/b/", "metadata-ttl=indefinite",
                                  "dir-mode=700", "force-path-style=false"])
-    assert parse_mount_flags([arg.removeprefix("--") for arg in options.to_args()]) == options
-    assert MountOptions().to_args() == []
+    assert MountOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    assert MountOptions().changed() == {}
+    assert options.changed()["uid"] == 7
+    with pytest.raises(OptionError) as caught:
+        MountOptions.from_dict({"no_such": 1})
+    assert caught.value.field == "no_such"
 
 
 def test_path_style_defaults_from_endpoint():

@@ -1,0 +1,40 @@
+"""boto3 sessions for a volume's `Credentials` (S3, R2, GCS through HMAC keys).
+
+- "static": fixed keys (+ session token).
+- "default": the driver's own identity through boto3's chain (env vars, profiles,
+  AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, instance metadata).
+- "web_identity": AssumeRoleWithWebIdentity of `role_arn` with the pod's service-account
+  token (web_identity.py), refreshed before expiry, re-reading the token each time.
+Nothing touches process-global state (no os.environ per mount).
+"""
+
+from __future__ import annotations
+
+import boto3
+
+from driver.credentials.source import Credentials, CredentialsError
+from driver.credentials.web_identity import web_identity_session
+
+
+def boto3_session(credentials: Credentials, region: str | None = None,
+                  credentials_file: str | None = None) -> boto3.Session:
+    """A boto3 session for `credentials`; `credentials_file` is re-read on each
+    web-identity refresh so a republished token reaches a live mount."""
+    region = region or credentials.region
+    if credentials.kind == "static":
+        return boto3.Session(
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            aws_session_token=credentials.session_token or None,
+            region_name=region,
+        )
+    if credentials.kind == "default":
+        return boto3.Session(region_name=region)
+    if credentials.kind == "web_identity":
+        return web_identity_session(credentials, credentials_file, region)
+    raise CredentialsError(f"credentials of kind {credentials.kind} need provider gcs")
+
+
+
+
+__all__ = ["CredentialsError", "boto3_session"]
