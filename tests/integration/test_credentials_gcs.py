@@ -23,6 +23,8 @@ from driver.devservers import FakeGcs, wait_until
 from tests.creds_helpers import CredMounts, remember, write_credentials
 from tests.oidc_issuer import OidcIssuer, new_rsa_key, private_pem
 
+pytestmark = pytest.mark.fuse
+
 WIF_AUDIENCE = ("//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/"
                 "test-pool/providers/test-k8s")
 

@@ -26,6 +26,8 @@ from tests.creds_helpers import CredMounts, remember, write_credentials
 from tests.oidc_issuer import role_arn
 from tests.sts_fixtures import TOKEN_DURATION, Env
 
+pytestmark = pytest.mark.fuse
+
 # -- static keys (a Secret with AWS_* or GOOGLE_* HMAC keys) ---------------------------
 
 

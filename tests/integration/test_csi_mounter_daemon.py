@@ -21,6 +21,8 @@ from driver.mounts.mounter import MounterClient, MounterError
 from driver.services import legacy
 from tests.integration.csi_support import CsiProcess, csi_server, publish_request
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 
 @pytest.fixture
 def daemon_and_server(tmp_path: Path) -> Iterator[tuple[Path, CsiProcess]]:

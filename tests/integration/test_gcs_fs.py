@@ -14,6 +14,8 @@ from driver.devservers import FakeGcs
 from driver.store.base import UploadOptions
 from driver.store.gcs import UPLOADS, GcsStore
 
+pytestmark = pytest.mark.fuse
+
 MiB = 1024 * 1024
 
 

@@ -31,6 +31,8 @@ from driver.mounts import mountinfo
 from driver.mounts.mounter import MounterClient, MounterError, zombie_children
 from tests.helpers import server_pid
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 # The "node plugin": asks the mounter for one mount, says so, then idles until killed.
 NODE_PLUGIN = """
 import json, sys
