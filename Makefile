@@ -60,9 +60,10 @@ lint: install
 	$(VENV)/bin/ruff check driver tests
 	$(VENV)/bin/lint-imports --no-cache
 
-# Shuffled every run (the seed is printed; rerun one with --random-order-seed=N).
+# Shuffled every run; the seed is printed, and `make test-unit SEED=N` repeats an order.
 test-unit: install $(UNIT_DEPS)
-	$(PYTEST) --random-order $(PYTEST_ARGS) tests/unit
+	@seed=$${SEED:-$$RANDOM}; echo "test-unit: random order, seed $$seed (repeat: make test-unit SEED=$$seed)"; \
+	  set -x; $(PYTEST) --random-order-seed=$$seed $(PYTEST_ARGS) tests/unit
 
 test-integration: install $(INTEGRATION_DEPS)
 	$(PYTEST) $(PYTEST_ARGS) tests/integration tests/perf
