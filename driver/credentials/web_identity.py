@@ -34,6 +34,7 @@ import structlog
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
+from driver.credentials.botocore_sessions import new_botocore_session
 from driver.credentials.source import Credentials
 
 log = structlog.get_logger()
@@ -83,8 +84,6 @@ class WebIdentityCredentials(DeferredRefreshableCredentials):
         super().__init__(refresh_using=self._fetch, method=METHOD)
         self.role_arn = credentials.role_arn
         self._tokens = TokenSource(credentials.web_identity_token, credentials_file)
-        from driver.credentials.aws import new_botocore_session
-
         self._sts = boto3.Session(botocore_session=new_botocore_session()).client(
             "sts", region_name=credentials.sts_region or region or "us-east-1",
             endpoint_url=credentials.sts_endpoint_url,
@@ -139,8 +138,6 @@ def web_identity_session(credentials: Credentials, credentials_file: str | None,
     # botocore logs every failed mandatory refresh with a traceback; our own error line
     # (role, STS code, scrubbed reason) says it once and clearly.
     logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
-    from driver.credentials.aws import new_botocore_session
-
     core = new_botocore_session()
     # botocore has no public setter for a credentials object; this is the documented-by-use
     # way (also used by boto3's own tests) and keeps the credentials local to this session.
