@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from driver.cli import exit_status
 from driver.credentials.source import Credentials
 from driver.devservers import wait_until
+from driver.failures import FailureKind
 from driver.mounts import mountinfo
 from tests.helpers import MountProcess, server_pid
 
@@ -107,10 +109,12 @@ class CredMounts:
         return process, cred_file
 
     def refused(self, bucket: str, credentials: Credentials | None,
-                flags: Iterable[str] = (), env: dict[str, str] | None = None) -> str:
-        """Assert the mount is refused with one line and nothing is left mounted."""
+                flags: Iterable[str] = (), env: dict[str, str] | None = None,
+                kind: FailureKind = FailureKind.ACCESS_DENIED) -> str:
+        """Assert the mount is refused with one line, the exit status of `kind`, and
+        nothing left mounted."""
         result, target, _, _ = self.run(bucket, credentials, flags, env)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == exit_status(kind), result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cloudbucket-csi: error: "), lines
         assert mountinfo.find(str(target)) is None

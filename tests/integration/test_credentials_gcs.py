@@ -87,8 +87,9 @@ def test_incomplete_service_account_json_is_refused(fake_gcs: FakeGcs,
                                                     mounts: CredMounts) -> None:
     creds = Credentials(kind="gcs_service_account",
                         gcs_credentials_json=json.dumps({"type": "service_account"}))
+    # Refused as access denied: `refused` checks the exit status of that kind, not a word.
     line = mounts.refused(gcs_bucket, creds, ["--provider=gcs"], env=_env(fake_gcs))
-    assert "denied" in line and "incomplete" in line
+    assert "incomplete" in line
 
 
 def test_workload_identity_with_the_pod_token_mounts(issuer: OidcIssuer,
