@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 BENCH_OUT ?= bench-results.json
 BENCH := $(PY) -m tests.perf.bench --out $(BENCH_OUT)
 
-.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile
+.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile bench-mount
 
 bench-deps: install
 	@$(MAKE) --no-print-directory install-peers
@@ -30,3 +30,8 @@ bench-quick: bench-deps
 bench-profile: bench-deps
 	$(PY) -m pip install -q py-spy
 	$(BENCH) --profile bench-profile $(BENCH_ARGS)
+
+# NodePublishVolume -> live mount (20 publishes) beside s3fs/rclone mount times, and the PSS
+# of 50 idle mounts (issue 11's targets). Refuses a loaded machine unless BENCH_ARGS=--force.
+bench-mount: bench-deps
+	$(PY) -m tests.perf.bench_mount $(BENCH_ARGS)
