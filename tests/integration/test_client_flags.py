@@ -19,6 +19,8 @@ from driver.mounts import mountinfo
 from tests.helpers import MountProcess, server_pid
 from tests.tls_proxy import TlsProxy
 
+pytestmark = pytest.mark.fuse
+
 MiB = 1024 * 1024
 
 
