@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from driver import __version__
 
 if TYPE_CHECKING:
+    from driver.metrics import MetricsServer
     from driver.options import MountOptions
 
 READY_FD_ENV = "CLOUDBUCKET_READY_FD"
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument("--log-file", help="where the background server logs (default: none)")
     mount.add_argument("--credentials-file", default=os.environ.get(CREDENTIALS_FILE_ENV),
                        help="0600 JSON credentials file written by the node plugin")
+    mount.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics for this mount on HOST:PORT "
+                       "(or unix:PATH for a UNIX socket)")
 
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the CSI gRPC server")
     serve.add_argument("--mode", choices=("node", "controller", "all"), default="all")
@@ -124,6 +128,13 @@ def _mount(args: argparse.Namespace) -> int:
         validate_bucket(args.bucket)
     except OptionError as exc:
         raise CliError(f"invalid option --{exc}") from None
+    if args.metrics_address and not args.metrics_address.startswith("unix:"):
+        from driver.metrics import parse_address
+
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as exc:
+            raise CliError(f"invalid option --metrics-address: {exc}") from None
     _check_mountpoint(args.mountpoint)
     if not args.foreground:
         return _spawn_background(args)
@@ -159,6 +170,8 @@ def _reconstruct(args: argparse.Namespace) -> list[str]:
         argv.append(f"--log-file={args.log_file}")
     if args.credentials_file:
         argv.append(f"--credentials-file={args.credentials_file}")
+    if args.metrics_address:
+        argv.append(f"--metrics-address={args.metrics_address}")
     return argv
 
 
@@ -195,11 +208,29 @@ def _serve_mount(args: argparse.Namespace, options: object) -> int:
     except (StoreError, CredentialsError) as exc:
         ready(describe_store_error(exc, args.bucket, options.endpoint_url))
         return 1
+    if args.metrics_address:
+        try:
+            metrics_server = _serve_metrics(args.metrics_address)
+        except OSError as exc:
+            ready(f"cannot serve metrics on {args.metrics_address}: {exc.strerror or exc}")
+            return 1
     fsname = f"cloudbucket:{args.bucket}/{options.prefix}"
-    status = serve(store, options, args.mountpoint, fsname, ready)
+    try:
+        status = serve(store, options, args.mountpoint, fsname, ready)
+    finally:
+        if args.metrics_address:
+            metrics_server.close()
     if ready_fd >= 0:
         ready("mount server stopped before the mount was live")
     return status
+
+
+def _serve_metrics(address: str) -> MetricsServer:
+    from driver import metrics
+
+    if address.startswith("unix:"):
+        return metrics.serve_metrics_unix(address.removeprefix("unix:"))
+    return metrics.serve_metrics_tcp(*metrics.parse_address(address))
 
 
 def describe_store_error(exc: Exception, bucket: str, endpoint: str | None) -> str:

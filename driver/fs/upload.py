@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs.errors import FsError
 from driver.store.base import ObjectStore, PartResult, StoreError, UploadOptions
 
@@ -28,6 +29,7 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 MAX_COPY_PART = 5 * 1024 * MiB
 RunSync = Callable[..., Awaitable[Any]]
+_HELD, _PARTS = metrics.MEMORY_UPLOAD, metrics.UPLOAD_PARTS_IN_FLIGHT
 
 
 class Upload:
@@ -52,6 +54,7 @@ class Upload:
         self._error: BaseException | None = None
         self._nursery: trio.Nursery | None = None
         self.aborted = False
+        self._failure_counted = False
 
     @property
     def dirty(self) -> bool:
@@ -80,6 +83,7 @@ class Upload:
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
         self._buffer += data
+        _HELD.inc(len(data))
         self.size += len(data)
         while len(self._buffer) >= self.part_size:
             with memoryview(self._buffer) as view:  # one copy per part, not two
@@ -103,11 +107,21 @@ class Upload:
             raise FsError(errno.EIO, f"upload of {self.key} failed: {exc}") from exc
 
     async def _send(self, chunk: bytes) -> None:
-        upload_id = await self._ensure_upload()
-        number = self._next_part
-        self._next_part += 1
-        await self._slots.acquire()  # back-pressure: wait for a free slot
-        await self._check()
+        """Send `chunk` (already counted in memory held) as the next part."""
+        try:
+            upload_id = await self._ensure_upload()
+            number = self._next_part
+            self._next_part += 1
+            await self._slots.acquire()  # back-pressure: wait for a free slot
+            try:
+                await self._check()
+            except BaseException:
+                self._slots.release()
+                raise
+        except BaseException:
+            _HELD.dec(len(chunk))
+            raise
+        _PARTS.inc()
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
@@ -123,6 +137,8 @@ class Upload:
                 self._error = exc
                 log.error("upload part failed", key=self.key, part=number, error=str(exc))
         finally:
+            _PARTS.dec()
+            _HELD.dec(len(chunk))
             self._inflight -= 1
             self._slots.release()
             if self._inflight == 0:
@@ -130,6 +146,19 @@ class Upload:
 
     async def commit(self) -> str:
         """Make everything written so far the object's content; return its ETag."""
+        was_dirty = self.dirty
+        try:
+            etag = await self._commit()
+        except FsError:
+            if not self._failure_counted:
+                self._failure_counted = True
+                metrics.UPLOADS_FAILED.inc()
+            raise
+        if was_dirty:
+            metrics.UPLOADS_OK.inc()
+        return etag
+
+    async def _commit(self) -> str:
         await self._check()
         if not self.dirty:
             assert self.etag is not None
@@ -137,7 +166,11 @@ class Upload:
         if self._upload_id is None:
             data = bytes(self._buffer)
             self._buffer.clear()
-            self.etag = await self._store_call(self.store.put, self.key, data, self.options)
+            try:
+                self.etag = await self._store_call(self.store.put, self.key, data,
+                                                   self.options)
+            finally:
+                _HELD.dec(len(data))
         else:
             if self._buffer or not self._parts and self._inflight == 0:
                 chunk = bytes(self._buffer)
@@ -162,6 +195,7 @@ class Upload:
         if size < MIN_PART:
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
             self._buffer = bytearray(data) + self._buffer
+            _HELD.inc(len(data))
             return
         upload_id = await self._ensure_upload()
         pieces = -(-size // MAX_COPY_PART)
@@ -180,6 +214,7 @@ class Upload:
             return
         self.aborted = True
         upload_id, self._upload_id = self._upload_id, None
+        _HELD.dec(len(self._buffer))
         self._buffer.clear()
         if upload_id is None:
             return

@@ -30,6 +30,7 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.observe import instrument_s3
 
 T = TypeVar("T")
 
@@ -137,6 +138,7 @@ class S3Store:
         self.region = region or "us-east-1"
         self._client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url,
                                       config=self._config)
+        instrument_s3(self._client)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
