@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", default=os.environ.get("NODE_ID", ""))
     serve.add_argument("--state-dir", default="/var/lib/cloudbucket-csi")
     serve.add_argument("--log-level", default=os.environ.get("CLOUDBUCKET_LOG_LEVEL", "info"))
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics on HOST:PORT (the node plugin adds "
+                       "every live mount's metrics, labelled by volume and pod)")
 
     demo = commands.add_parser("demo", help="mount a seeded local SeaweedFS bucket and use it")
     demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)

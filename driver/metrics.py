@@ -33,9 +33,8 @@ import os
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import prometheus_client
@@ -138,11 +137,11 @@ FUSE_SERVER_RESTARTS = _plugin(Counter, "fuse_server_restarts", "FUSE servers re
 CREDENTIAL_HANDOVERS = _plugin(Counter, "credential_handovers", "Refreshed credentials or pod "
                                "tokens handed to a live mount (republish), by outcome",
                                ("outcome",))
-PROVISIONING = _plugin(Counter, "provisioning_operations", "Controller calls, by operation "
-                       "(CreateVolume, DeleteVolume) and outcome (ok or the gRPC code name)",
-                       ("op", "outcome"))
-PROVISIONING_SECONDS = _plugin(Histogram, "provisioning_seconds", "Time to answer a "
-                               "controller call", ("op",), buckets=STORE_BUCKETS)
+CSI_REQUESTS = _plugin(Counter, "csi_requests", "CSI calls answered (provisioning: "
+                       "CreateVolume, DeleteVolume; node: NodePublishVolume...), by method and "
+                       "gRPC code (OK, INVALID_ARGUMENT, ...)", ("method", "code"))
+CSI_REQUEST_SECONDS = _plugin(Histogram, "csi_request_seconds", "Time to answer a CSI call",
+                              ("method",), buckets=STORE_BUCKETS)
 # Names of the gauges the MountsCollector computes itself at each scrape.
 MOUNTS_NAME = "cloudbucket_mounts"
 SCRAPE_UP_NAME = "cloudbucket_mount_scrape_up"
@@ -218,8 +217,10 @@ class MetricsServer:
     server: socketserver.BaseServer
     thread: threading.Thread
     address: str
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
         if self.address.startswith("/"):
@@ -383,8 +384,7 @@ def serve_plugin_metrics(host: str, port: int, list_mounts: MountLister | None =
     served = serve_metrics_tcp(host, port, registry)
     if poll_interval and on_increase is not None:
         def poll() -> None:
-            while True:
-                time.sleep(poll_interval)
+            while not served.stopped.wait(poll_interval):
                 with contextlib.suppress(Exception):
                     list(collector.collect())
 
