@@ -2,7 +2,8 @@
 #
 #   make e2e-local          build (cached under .cache/e2e) and start a single-node cluster
 #                           here (no kind, no registry), run the suite, tear it down by PID
-#   make e2e-local-build    only the builds: Kubernetes binaries, sidecars, images
+#   make e2e-local-build    only the builds: Kubernetes binaries, sidecars, images (stops
+#                           the dockerd that `make image` started once they are archived)
 #   make e2e-local-up       start the local cluster and leave it running
 #   make e2e-local-down     stop it
 #   make e2e-kind           the same suite on kind (Docker + internet); DRY_RUN=1 prints
@@ -22,7 +23,10 @@ E2E_APT := etcd-server containerd runc containernetworking-plugins busybox-stati
 e2e-local-build: install tools-helm image
 	@$(MAKE) --no-print-directory install-system EXTRA_APT="$(E2E_APT)"
 	e2e/local/build-k8s.sh $(E2E_CACHE)/k8s-$(K8S_VERSION) $(K8S_VERSION)
-	DRIVER_IMAGE=$(IMAGE) PY=$(PY) e2e/local/build-images.sh
+	@# dockerd (started by `make image`) is needed only to `docker save` the driver image:
+	@# stop it once the images are archived, whether or not that worked.
+	DRIVER_IMAGE=$(IMAGE) PY=$(PY) e2e/local/build-images.sh; status=$$?; \
+	  $(DOCKERD_STOP); exit $$status
 
 e2e-local: e2e-local-build
 	DRIVER_IMAGE=$(IMAGE) PY=$(CURDIR)/$(PY) K8S_VERSION=$(K8S_VERSION) e2e/local/run.sh
