@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from driver.csi import csi_pb2_grpc
 from driver.services.errors import CsiError
 
 log = structlog.get_logger()
+MOUNTER_SOCKET_ENV = "CLOUDBUCKET_MOUNTER_SOCKET"  # set by the chart: the mounter daemon
 
 GRACE_SECONDS = 30.0
 QUIET_METHODS = frozenset({"Probe", "Check", "Watch", "GetPluginInfo",
@@ -112,10 +113,13 @@ class CsiServer:
     health: health.HealthServicer
     socket: str
     node: Any = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for close in reversed(self.closers):  # mounts keep serving
+            close()
         if os.path.exists(self.socket) and stat.S_ISSOCK(os.stat(self.socket).st_mode):
             os.unlink(self.socket)
 
@@ -131,21 +135,25 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
                                                     thread_name_prefix="csi"),
                          interceptors=[CsiInterceptor()])
     node = None
+    closers: list[Callable[[], None]] = []  # last first, when the server stops
     if serve_node:
-        from driver.mounts.process import FuseProcessMounter
-        from driver.mounts.remote import MOUNTER_SOCKET_ENV, RemoteMounter
         from driver.mounts.state import StateStore
+        from driver.mounts.supervisor import Supervisor, SupervisorClient
         from driver.services.node import NodeService
 
         state_path = Path(state_dir)
-        # With a mounter daemon (the chart's mounter DaemonSet), it owns the FUSE servers;
-        # otherwise this process starts them itself, each in its own session.
+        # With the chart's mounter daemon, the supervisor runs there and owns the FUSE
+        # servers; otherwise it runs in this process. Either way the node service reaches
+        # it through its socket and the same typed protocol.
         mounter_socket = os.environ.get(MOUNTER_SOCKET_ENV)
-        mounter = (RemoteMounter(mounter_socket) if mounter_socket
-                   else FuseProcessMounter(state_path))
-        log.info("mounter", kind="daemon" if mounter_socket else "process",
-                 socket=mounter_socket)
-        node = NodeService(node_id, StateStore(state_path / "volumes"), mounter)
+        if mounter_socket:
+            client = SupervisorClient(mounter_socket)
+        else:
+            supervisor = Supervisor(state_path / "supervisor")
+            closers.append(supervisor.close)
+            client = SupervisorClient.in_process(supervisor)
+        log.info("supervisor", socket=mounter_socket or "in-process")
+        node = NodeService(node_id, StateStore(state_path / "volumes"), client)
         adopted, cleaned = node.recover()
         log.info("node state recovered", adopted=adopted, cleaned=cleaned)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
@@ -169,7 +177,11 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
     if os.path.exists(socket) and stat.S_ISSOCK(os.stat(socket).st_mode):
         os.unlink(socket)  # left by a previous run that was killed
     server.add_insecure_port(f"unix://{socket}")
-    return CsiServer(server, health_servicer, socket, node)
+    return CsiServer(server, health_servicer, socket, node, closers)
+
+
+class ServeError(ValueError):
+    """A configuration `serve` cannot start with (the CLI prints it as one line)."""
 
 
 def _serve_metrics(args: argparse.Namespace) -> metrics.MetricsServer:
@@ -177,13 +189,12 @@ def _serve_metrics(args: argparse.Namespace) -> metrics.MetricsServer:
 
     The live mounts come from the supervisor's records (issue 11 plugs its lister in as
     `list_mounts`); until then only the plugin's own metrics are served."""
-    from driver.cli import CliError
     from driver.events import event_recorder, increase_reporter
 
     try:
         host, port = metrics.parse_address(args.metrics_address)
     except ValueError as exc:
-        raise CliError(f"invalid option --metrics-address: {exc}") from None
+        raise ServeError(f"invalid option --metrics-address: {exc}") from None
     recorder = event_recorder(args.node_id) if args.mode in ("node", "all") else None
     try:
         return metrics.serve_plugin_metrics(
@@ -191,20 +202,18 @@ def _serve_metrics(args: argparse.Namespace) -> metrics.MetricsServer:
             on_increase=increase_reporter(recorder) if recorder else None,
             poll_interval=30 if recorder else None)
     except OSError as exc:
-        raise CliError(f"cannot serve metrics on {args.metrics_address}: "
+        raise ServeError(f"cannot serve metrics on {args.metrics_address}: "
                        f"{exc.strerror or exc}") from None
 
 
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status."""
-    from driver.cli import CliError
-
     if args.mode in ("node", "all") and not args.node_id:
-        raise CliError("--node-id (or NODE_ID) is required for --mode node and all")
+        raise ServeError("--node-id (or NODE_ID) is required for --mode node and all")
     try:
         socket = socket_path(args.endpoint)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise ServeError(str(exc)) from None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -10,10 +10,35 @@ Nothing touches process-global state (no os.environ per mount).
 
 from __future__ import annotations
 
+import functools
+
 import boto3
+import botocore.loaders
+import botocore.session
 
 from driver.credentials.source import Credentials, CredentialsError
 from driver.credentials.web_identity import web_identity_session
+
+
+@functools.cache
+def shared_loader() -> botocore.loaders.Loader:
+    """One botocore data loader per process: service models are parsed once (in the
+    supervisor's zygote, before it forks) instead of once per session."""
+    return botocore.loaders.create_loader()
+
+
+def new_botocore_session() -> botocore.session.Session:
+    core = botocore.session.Session()
+    core.register_component("data_loader", shared_loader())
+    return core
+
+
+def warm_up() -> None:
+    """Load the S3 and STS models and endpoint rules into the shared loader (no request)."""
+    session = boto3.Session(botocore_session=new_botocore_session(), aws_access_key_id="x",
+                            aws_secret_access_key="x", region_name="us-east-1")
+    session.client("s3")
+    session.client("sts")
 
 
 def boto3_session(credentials: Credentials, region: str | None = None,
@@ -21,20 +46,22 @@ def boto3_session(credentials: Credentials, region: str | None = None,
     """A boto3 session for `credentials`; `credentials_file` is re-read on each
     web-identity refresh so a republished token reaches a live mount."""
     region = region or credentials.region
-    if credentials.kind == "static":
+    # "default" with keys: the driver's own keys, handed over by the supervisor in the
+    # mount's 0600 credentials file rather than through the server's environment.
+    if credentials.kind == "static" or (credentials.kind == "default"
+                                        and credentials.access_key_id):
         return boto3.Session(
+            botocore_session=new_botocore_session(),
             aws_access_key_id=credentials.access_key_id,
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token or None,
             region_name=region,
         )
     if credentials.kind == "default":
-        return boto3.Session(region_name=region)
+        return boto3.Session(botocore_session=new_botocore_session(), region_name=region)
     if credentials.kind == "web_identity":
         return web_identity_session(credentials, credentials_file, region)
     raise CredentialsError(f"credentials of kind {credentials.kind} need provider gcs")
-
-
 
 
 __all__ = ["CredentialsError", "boto3_session"]

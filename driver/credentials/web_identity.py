@@ -84,7 +84,9 @@ class WebIdentityCredentials(DeferredRefreshableCredentials):
         super().__init__(refresh_using=self._fetch, method=METHOD)
         self.role_arn = credentials.role_arn
         self._tokens = TokenSource(credentials.web_identity_token, credentials_file)
-        self._sts = boto3.Session().client(
+        from driver.credentials.aws import new_botocore_session
+
+        self._sts = boto3.Session(botocore_session=new_botocore_session()).client(
             "sts", region_name=credentials.sts_region or region or "us-east-1",
             endpoint_url=credentials.sts_endpoint_url,
             config=Config(signature_version=botocore.UNSIGNED, connect_timeout=5,
@@ -140,7 +142,9 @@ def web_identity_session(credentials: Credentials, credentials_file: str | None,
     # botocore logs every failed mandatory refresh with a traceback; our own error line
     # (role, STS code, scrubbed reason) says it once and clearly.
     logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
-    core = botocore.session.get_session()
+    from driver.credentials.aws import new_botocore_session
+
+    core = new_botocore_session()
     # botocore has no public setter for a credentials object; this is the documented-by-use
     # way (also used by boto3's own tests) and keeps the credentials local to this session.
     core._credentials = WebIdentityCredentials(credentials, credentials_file, region)

@@ -79,7 +79,13 @@ def release_large_buffers_to_os(threshold: int = 1024 * 1024) -> None:
 
 def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: str,
           ready: Callable[[str | None], None]) -> int:
-    """Mount and serve until unmounted; `ready(None)` once live, `ready(error)` otherwise."""
+    """Mount and serve until unmounted; `ready(None)` once live, `ready(error)` otherwise.
+
+    `mountpoint` is a directory (libfuse mounts it, through fusermount3 when unprivileged)
+    or `/dev/fd/N`, a /dev/fuse descriptor the supervisor already mounted: then readiness
+    is reported once the loop runs, and the supervisor itself checks the mount answers and
+    raises its read-ahead (this process has no privileges to do so)."""
+    premounted = mountpoint.startswith("/dev/fd/")
     release_large_buffers_to_os()
     fs = Filesystem(store, options)
     operations = FuseOperations(fs, direct_io=options.direct_io)
@@ -88,7 +94,7 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     except RuntimeError as exc:
         ready(f"cannot mount at {mountpoint}: {exc}")
         return 1
-    device = mount_device(mountpoint)
+    device = None if premounted else mount_device(mountpoint)
     signalled = False
 
     async def main() -> None:
@@ -106,7 +112,8 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
                         return
 
             async def announce_ready() -> None:
-                await trio.to_thread.run_sync(os.stat, mountpoint)
+                if not premounted:
+                    await trio.to_thread.run_sync(os.stat, mountpoint)
                 # Only now: the kernel resets read-ahead when it processes FUSE INIT.
                 raise_read_ahead(device)
                 log.info("mounted", mountpoint=mountpoint, fsname=fsname)
@@ -122,6 +129,6 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
         trio.run(main)
     finally:
         with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=signalled)
+            pyfuse3.close(unmount=signalled and not premounted)
     log.info("unmounted", mountpoint=mountpoint)
     return 0

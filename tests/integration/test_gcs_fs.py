@@ -138,7 +138,7 @@ def test_missing_bucket_is_refused(fake_gcs: FakeGcs, tmp_path, cli) -> None:
     target.mkdir()
     result = cli("mount", "no-such-bucket-x", str(target), "--provider=gcs",
                  env={"STORAGE_EMULATOR_HOST": fake_gcs.endpoint})
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert result.stderr.strip() == \
         "cloudbucket-csi: error: bucket no-such-bucket-x does not exist"
 

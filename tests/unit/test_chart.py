@@ -234,7 +234,7 @@ def test_mount_survival_objects(default_docs: list[dict[str, Any]]) -> None:
     assert mounter["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert node["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     container = containers(mounter)["mounter"]
-    assert container["command"] == ["python3", "-m", "driver.mounts.mounter"]
+    assert container["command"] == ["cloudbucket-csi", "supervisor"]
     socket_arg = next(a for a in container["args"] if a.startswith("--socket="))
     assert env_of(containers(node)["cloudbucket-csi"])["CLOUDBUCKET_MOUNTER_SOCKET"] == \
         socket_arg.split("=", 1)[1]
