@@ -21,7 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from driver import metrics
+from driver.cli import exit_status
 from driver.devservers import LOOPBACK, free_port, wait_until
+from driver.failures import FailureKind
 from tests.faults import _ERROR_BODY, FaultProxy
 
 MiB = 1024 * 1024
@@ -220,7 +222,7 @@ def test_metrics_address_refused_when_malformed(cli, bucket, tmp_path: Path) -> 
     target = tmp_path / "mnt"
     target.mkdir()
     result = cli("mount", bucket, str(target), "--metrics-address=nonsense")
-    assert result.returncode == 1
+    assert result.returncode == exit_status(FailureKind.INVALID_OPTION)
     assert "--metrics-address" in result.stderr
 
 
@@ -234,3 +236,20 @@ def test_unix_socket_server_serves_the_registry(tmp_path: Path) -> None:
     finally:
         server.close()
     assert not os.path.exists(path)
+
+
+def test_metrics_port_in_use_fails_the_mount_and_leaves_nothing(cli, seaweed, bucket,
+                                                                tmp_path: Path) -> None:
+    import socket
+
+    from driver.mounts import mountinfo
+
+    target = tmp_path / "mnt"
+    target.mkdir()
+    with socket.create_server((LOOPBACK, 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("mount", bucket, str(target), f"--endpoint-url={seaweed.endpoint}",
+                     f"--metrics-address={LOOPBACK}:{port}", env=seaweed.credential_env())
+    assert result.returncode == exit_status(FailureKind.INVALID_OPTION)
+    assert f"cannot serve metrics on {LOOPBACK}:{port}" in result.stderr
+    assert mountinfo.find(str(target)) is None
