@@ -11,6 +11,9 @@
 #   make e2e-storage        stretch: Kubernetes' External Storage e2e suites
 #                           (e2e/storage/testdriver.yaml) on the local cluster
 #   make e2e-check          fast static check (also part of `make test`)
+#   make e2e-sidecars-test  go test of the stand-in sidecars (the provisioner on
+#                           sig-storage-lib-external-provisioner, fake clientset; minutes
+#                           to compile client-go, so not part of `make test`)
 
 E2E_CACHE := $(CACHE)/e2e
 K8S_VERSION ?= v1.33.13
@@ -18,7 +21,7 @@ K8S_VERSION ?= v1.33.13
 E2E_APT := etcd-server containerd runc containernetworking-plugins busybox-static iproute2 \
 	openssl curl util-linux
 
-.PHONY: e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check e2e-storage
+.PHONY: e2e-sidecars-test e2e-local e2e-local-build e2e-local-up e2e-local-down e2e-kind e2e-check e2e-storage
 
 e2e-local-build: install tools-helm image
 	@$(MAKE) --no-print-directory install-system EXTRA_APT="$(E2E_APT)"
@@ -47,6 +50,9 @@ e2e-storage: e2e-local-build
 
 e2e-kind: install
 	PY=$(PY) DRIVER_IMAGE=$(IMAGE) e2e/kind/run.sh $(if $(DRY_RUN),--dry-run)
+
+e2e-sidecars-test:
+	cd e2e/local/sidecars && nice -n 19 go test -count=1 ./...
 
 e2e-check: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_e2e_static.py
