@@ -90,8 +90,8 @@ func TestProvisionAndDeleteThroughTheLibrary(t *testing.T) {
 			Provisioner: driver, ReclaimPolicy: &deletePolicy, MountOptions: []string{"allow-delete"},
 			Parameters: map[string]string{
 				"bucketName": "b", prefix + "provisioner-secret-name": "creds-${pvc.name}",
-				prefix + "provisioner-secret-namespace": "${pvc.namespace}",
-				prefix + "node-publish-secret-name": "creds-${pvc.name}",
+				prefix + "provisioner-secret-namespace":  "${pvc.namespace}",
+				prefix + "node-publish-secret-name":      "creds-${pvc.name}",
 				prefix + "node-publish-secret-namespace": "${pvc.namespace}",
 			},
 		},
