@@ -111,6 +111,7 @@ def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
     """The bucket's region from HeadBucket's x-amz-bucket-region (also sent with a 301)."""
     client = session.client("s3", region_name="us-east-1", endpoint_url=endpoint_url,
                             config=config)
+    instrument_s3(client)
     try:
         response = client.head_bucket(Bucket=bucket)
         headers = response["ResponseMetadata"]["HTTPHeaders"]

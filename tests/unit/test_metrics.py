@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from driver import metrics
 from driver.fs.fuse import measured
 from driver.fs.upload import Upload
+from driver.store import observe
 from driver.store.base import UploadOptions
 from driver.store.observe import gcs_operation
 from tests.memstore import MemoryStore
@@ -187,3 +188,33 @@ def test_watched_names_exist() -> None:
     """The aggregator watches sample names: each must be one the FUSE registry exposes."""
     names = {s.name for f in metrics.FUSE_REGISTRY.collect() for s in f.samples}
     assert set(metrics.WATCHED) <= names
+
+
+def test_gcs_retries_are_a_failed_request_repeated_on_the_same_thread() -> None:
+    """google-api-core retries are invisible to the session: a retryable failure followed by
+    the same operation on the same thread is the retry."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    def response(method: str, url: str, code: int, length: int = 0) -> SimpleNamespace:
+        request = SimpleNamespace(method=method, url=url, headers={"Content-Length": "0"})
+        return SimpleNamespace(request=request, status_code=code,
+                               elapsed=timedelta(milliseconds=3),
+                               headers={"Content-Length": str(length)})
+
+    media = "http://h/download/storage/v1/b/bk/o/k?alt=media"
+    registry = metrics.FUSE_REGISTRY
+    retries = partial(sample, registry, "cloudbucket_store_retries_total",
+                      op="objects.get_media")
+    errors = partial(sample, registry, "cloudbucket_store_requests_total",
+                     op="objects.get_media", status="5xx")
+    received = partial(sample, registry, "cloudbucket_store_received_bytes_total",
+                       op="objects.get_media")
+    start = (retries(), errors(), received())
+    observe._gcs_response(response("GET", media, 503, 20))
+    observe._gcs_response(response("GET", media, 200, 1000))  # the retry
+    observe._gcs_response(response("GET", media, 200, 1000))  # a new request
+    observe._gcs_response(response("GET", "http://h/storage/v1/b/bk/o", 503))
+    observe._gcs_response(response("GET", media, 200, 5))  # another op after a failure
+    assert (retries() - start[0], errors() - start[1], received() - start[2]) == \
+        (1, 1, 20 + 1000 + 1000 + 5)
