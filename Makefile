@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CACHE := $(CURDIR)/.cache
 GOBIN := $(CACHE)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config rsync
 PEER_PACKAGES := s3fs rclone
 CSI_SANITY_VERSION ?= v5.4.0
 

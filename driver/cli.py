@@ -13,6 +13,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,8 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     add_option_arguments(mount)
     mount.add_argument("--foreground", "-f", action="store_true",
                        help="stay in the foreground")
-    mount.add_argument("--debug", action="store_true", help="debug logging")
+    mount.add_argument("--debug", "-d", action="store_true", help="debug logging")
     mount.add_argument("--log-file", help="where the background server logs (default: none)")
+    # mount-s3's logging flags, with their meaning here:
+    mount.add_argument("--log-directory", "-l", metavar="DIR",
+                       help="write the log to a new file in DIR (like mount-s3)")
+    mount.add_argument("--no-log", action="store_true", help="no logging at all")
+    mount.add_argument("--debug-crt", action="store_true",
+                       help="accepted for mount-s3 compatibility; no effect (no AWS CRT here)")
     mount.add_argument("--credentials-file", default=os.environ.get(CREDENTIALS_FILE_ENV),
                        help="0600 JSON credentials file written by the node plugin")
     mount.add_argument("--metrics-address", metavar="HOST:PORT",
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "mount":
-            log.configure("debug" if args.debug else "info")
+            # --no-log: a level above every level, so nothing is logged at all
+            log.configure(100 if args.no_log else "debug" if args.debug else "info")
             return _mount(args)
         if args.command == "serve":
             log.configure(args.log_level)
@@ -172,9 +180,33 @@ def _check_mountpoint(path: str) -> None:
         raise _error("busy", f"mountpoint {path} is busy: something is already mounted there")
 
 
+def _logging_flags(args: argparse.Namespace) -> None:
+    """mount-s3's --log-directory/--no-log/--debug-crt, turned into our --log-file."""
+    if args.no_log:
+        for name in ("debug", "debug_crt", "log_directory", "log_file"):
+            if getattr(args, name):
+                raise _error("invalid_option", "--no-log cannot be combined with "
+                             f"--{name.replace('_', '-')}")
+        return
+    if args.debug_crt:
+        print("cloudbucket-csi: --debug-crt has no effect: this client does not use the AWS "
+              "Common Runtime", file=sys.stderr)
+        args.debug_crt = False
+    if args.log_directory:
+        if args.log_file:
+            raise _error("invalid_option", "--log-directory cannot be combined with --log-file")
+        directory = Path(args.log_directory)
+        if not directory.is_dir():
+            raise _error("invalid_option", f"--log-directory {directory} is not a directory")
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+        args.log_file = str(directory / f"cloudbucket-{stamp}-{os.getpid()}.log")
+        args.log_directory = None
+
+
 def _mount(args: argparse.Namespace) -> int:
     from driver.options import OptionError, validate_bucket
 
+    _logging_flags(args)
     try:
         options = options_from_namespace(args)
         validate_bucket(args.bucket)

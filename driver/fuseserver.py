@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from driver.connect import open_store
-from driver.credentials.source import Credentials
+from driver.credentials.source import Credentials, CredentialsError
 from driver.failures import Failure, FailureKind, kind_of
 from driver.options import MountOptions
 from driver.store.base import AccessDenied, BucketNotFound, EndpointUnreachable
@@ -28,7 +28,7 @@ def describe(exc: BaseException, bucket: str, options: MountOptions) -> str:
     """One line for people saying what is wrong; its wording decides nothing."""
     if isinstance(exc, BucketNotFound):
         return f"bucket {bucket} does not exist"
-    if isinstance(exc, AccessDenied):
+    if isinstance(exc, AccessDenied | CredentialsError):
         return f"access to bucket {bucket} denied: check the credentials ({exc})"
     if isinstance(exc, EndpointUnreachable):
         return f"cannot reach the endpoint {options.endpoint_url or 'of the store'}: {exc}"

@@ -114,10 +114,22 @@ ATTR_READ_ONLY = "readOnly"
 ATTR_STS_REGION = "stsRegion"
 ATTR_STS_ENDPOINT = "stsEndpointUrl"
 ATTR_MOUNT_OPTIONS = "mountOptions"  # StorageClass parameter / inline volumes: comma list
+ATTR_NO_SIGN_REQUEST = "noSignRequest"  # "true": anonymous requests (public datasets)
+ATTR_CA_BUNDLE = "caBundle"  # PEM text of the CAs to trust (or a path on the node)
 KNOWN_ATTRIBUTES = frozenset({
     ATTR_BUCKET, ATTR_PREFIX, ATTR_ENDPOINT, ATTR_PROVIDER, ATTR_REGION, ATTR_PATH_STYLE,
     ATTR_ROLE_ARN, ATTR_READ_ONLY, ATTR_STS_REGION, ATTR_STS_ENDPOINT, ATTR_MOUNT_OPTIONS,
+    ATTR_NO_SIGN_REQUEST, ATTR_CA_BUNDLE,
 })
+# Attribute -> the mount option it sets.
+ATTR_OPTIONS = {
+    ATTR_PREFIX: "prefix", ATTR_ENDPOINT: "endpoint-url", ATTR_PROVIDER: "provider",
+    ATTR_REGION: "region", ATTR_PATH_STYLE: "force-path-style", ATTR_READ_ONLY: "read-only",
+    ATTR_NO_SIGN_REQUEST: "no-sign-request", ATTR_CA_BUNDLE: "ca-bundle",
+}
+# A Secret key that is not a credential: PEM text of the CAs to trust (public data, but a
+# Secret is where users keep a store's connection details).
+SECRET_KEY_CA_BUNDLE = "CA_BUNDLE"
 # Keys kubelet and the external-provisioner add; accepted and interpreted by the CSI layer.
 KUBE_PREFIX = "csi.storage.k8s.io/"
 TOKENS_KEY = "csi.storage.k8s.io/serviceAccount.tokens"
@@ -165,19 +177,22 @@ def volume_spec(
     except OptionError as exc:
         raise VolumeError(f"mountOptions {exc.field}", exc.reason) from None
     values: dict[str, str | bool] = {}
-    _attr_option(values, attributes, ATTR_PREFIX, "prefix")
-    _attr_option(values, attributes, ATTR_ENDPOINT, "endpoint-url")
-    _attr_option(values, attributes, ATTR_PROVIDER, "provider")
-    _attr_option(values, attributes, ATTR_REGION, "region")
-    _attr_option(values, attributes, ATTR_PATH_STYLE, "force-path-style")
-    _attr_option(values, attributes, ATTR_READ_ONLY, "read-only")
+    for attr, option in ATTR_OPTIONS.items():
+        _attr_option(values, attributes, attr, option)
+    secrets = dict(secrets or {})
+    ca_from_secret = secrets.pop(SECRET_KEY_CA_BUNDLE, "")
+    if ca_from_secret:
+        if "ca-bundle" in values:
+            raise VolumeError(f"secret key {SECRET_KEY_CA_BUNDLE}",
+                              f"cannot be combined with volumeAttributes.{ATTR_CA_BUNDLE}")
+        values["ca-bundle"] = ca_from_secret
     try:
         from_attrs = parse_option_values(values)
     except OptionError as exc:
-        attr_names = {"prefix": ATTR_PREFIX, "endpoint-url": ATTR_ENDPOINT,
-                      "provider": ATTR_PROVIDER, "region": ATTR_REGION,
-                      "force-path-style": ATTR_PATH_STYLE, "read-only": ATTR_READ_ONLY}
-        raise VolumeError(f"volumeAttributes.{attr_names[exc.field]}", exc.reason) from None
+        attr_names = {option: attr for attr, option in ATTR_OPTIONS.items()}
+        where = f"secret key {SECRET_KEY_CA_BUNDLE}" if exc.field == "ca-bundle" and \
+            ca_from_secret else f"volumeAttributes.{attr_names.get(exc.field, exc.field)}"
+        raise VolumeError(where, exc.reason) from None
     merged = {
         f.name: getattr(from_attrs, f.name)
         for f in dataclasses.fields(MountOptions)
@@ -187,7 +202,7 @@ def volume_spec(
     if readonly and not options.read_only:
         options = dataclasses.replace(options, read_only=True)
 
-    credentials = _credentials(attributes, secrets or {}, options)
+    credentials = _credentials(attributes, secrets, options)
     if credentials.region and not options.region:
         options = dataclasses.replace(options, region=credentials.region)
     return VolumeSpec(bucket=bucket, options=_combined(options), credentials=credentials)

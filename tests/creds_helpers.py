@@ -100,9 +100,10 @@ class CredMounts:
 
     def refused(self, bucket: str, credentials: Credentials | None,
                 flags: Iterable[str] = (), env: dict[str, str] | None = None) -> str:
-        """Assert the mount is refused with one line and nothing is left mounted."""
+        """Assert the mount is refused as access denied (exit status 3: cli.exit_status)
+        with one line, and nothing is left mounted."""
         result, target, _, _ = self.run(bucket, credentials, flags, env)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == 3, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cloudbucket-csi: error: "), lines
         assert mountinfo.find(str(target)) is None

@@ -84,6 +84,13 @@ class MemoryStore:
             raise PreconditionFailed(key)
         return data[start:end]
 
+    def get_range_into(self, key: str, start: int, end: int, etag: str | None,
+                       out: memoryview) -> None:
+        data = self.get_range(key, start, end, etag)
+        if len(data) != len(out):
+            raise StoreError(f"short read of {key}")
+        out[:] = data
+
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         self._op("put")
         self.objects[key] = bytes(data)
@@ -122,6 +129,16 @@ class MemoryStore:
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         return [(key, upload_id) for upload_id, (key, _) in self.uploads.items()
                 if key.startswith(prefix)]
+
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        self._op("copy")
+        data = self.objects.get(source.key)
+        if data is None:
+            raise NotFound(source.key)
+        if self._etag(data) != source.etag:
+            raise PreconditionFailed(source.key)
+        self.objects[dest_key] = data
+        return self._etag(data)
 
     def delete(self, key: str) -> None:
         self._op("delete")

@@ -42,10 +42,21 @@ def warm_up() -> None:
 
 
 def boto3_session(credentials: Credentials, region: str | None = None,
-                  credentials_file: str | None = None) -> boto3.Session:
+                  credentials_file: str | None = None,
+                  profile: str | None = None) -> boto3.Session:
     """A boto3 session for `credentials`; `credentials_file` is re-read on each
-    web-identity refresh so a republished token reaches a live mount."""
+    web-identity refresh so a republished token reaches a live mount. `profile` names a
+    profile of the AWS config/credentials files for the "default" kind (mount-s3's
+    --profile)."""
     region = region or credentials.region
+    if credentials.kind == "default" and profile:
+        # An explicit profile wins over the driver's own keys, as with the AWS CLI.
+        # Checked here: botocore finds a missing profile only at the first client.
+        if profile not in boto3.Session(botocore_session=new_botocore_session()) \
+                .available_profiles:
+            raise CredentialsError(f"profile {profile} is not in the AWS config files")
+        return boto3.Session(botocore_session=new_botocore_session(), region_name=region,
+                             profile_name=profile)
     # "default" with keys: the driver's own keys, handed over by the supervisor in the
     # mount's 0600 credentials file rather than through the server's environment.
     if credentials.kind == "static" or (credentials.kind == "default"

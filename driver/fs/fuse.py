@@ -224,9 +224,11 @@ class FuseOperations(pyfuse3.Operations):
             await self.fs.unlink(parent_inode, _name(name))
 
     @measured("rename")
-    async def rename(self, *args: Any) -> None:
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
         with translate:
-            await self.fs.refuse("rename")
+            await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new,
+                                 _name(name_new), flags)
 
     @measured("symlink")
     async def symlink(self, *args: Any) -> Any:

@@ -26,6 +26,7 @@ from driver.store.base import ObjectStore
 
 log = structlog.get_logger()
 READ_AHEAD_KB = 16 * 1024
+METRICS_INTERVAL = 60.0  # seconds between --log-metrics lines
 
 
 def fuse_options(options: MountOptions, fsname: str) -> set[str]:
@@ -37,6 +38,8 @@ def fuse_options(options: MountOptions, fsname: str) -> set[str]:
         opts.add("allow_other")
     if options.allow_root:
         opts.add("allow_root")
+    if options.auto_unmount:
+        opts.add("auto_unmount")  # fusermount3 unmounts when this process exits
     return opts
 
 
@@ -87,6 +90,11 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     raises its read-ahead (this process has no privileges to do so)."""
     premounted = mountpoint.startswith("/dev/fd/")
     release_large_buffers_to_os()
+    take_metrics = None
+    if options.log_metrics:
+        from driver.store.metered import metered
+
+        store, take_metrics = metered(store)
     fs = Filesystem(store, options)
     operations = FuseOperations(fs, direct_io=options.direct_io)
     try:
@@ -119,10 +127,20 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
                 log.info("mounted", mountpoint=mountpoint, fsname=fsname)
                 ready(None)
 
+            async def log_metrics() -> None:
+                assert take_metrics is not None
+                while True:
+                    await trio.sleep(METRICS_INTERVAL)
+                    log.info("store requests", interval=METRICS_INTERVAL, **take_metrics())
+
             nursery.start_soon(watch_signals, name="signals")
             nursery.start_soon(announce_ready, name="ready")
+            if take_metrics is not None:
+                nursery.start_soon(log_metrics, name="metrics")
             await pyfuse3.main()
             await fs.shutdown()
+            if take_metrics is not None:
+                log.info("store requests", final=True, **take_metrics())
             nursery.cancel_scope.cancel()
 
     try:

@@ -50,21 +50,23 @@ class _Part:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes = b""
+    data: bytes | bytearray = b""
     error: BaseException | None = None
     dropped: bool = False
 
 
 _FETCHED, _USED, _RESETS = (metrics.PREFETCH_BYTES, metrics.PREFETCH_USED_BYTES,
                             metrics.PREFETCH_RESETS)
-Fetch = Callable[[int, int], Awaitable[bytes]]
+Fetch = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
-                 keep_behind: int = 32 * MiB) -> None:
+                 keep_behind: int = 32 * MiB,
+                 recycle: Callable[[bytes | bytearray], None] | None = None) -> None:
         self._fetch = fetch
+        self._recycle = recycle  # takes the data of dropped parts (a BufferPool's give)
         self._spawn = spawn  # nursery.start_soon of a nursery that outlives this file
         self._budget = budget
         self.size = size
@@ -134,6 +136,8 @@ class Prefetcher:
         left alone: a concurrent read may still be waiting on it and will slice it."""
         if part.done.is_set():
             self._budget.release(part.end - part.start)
+            if self._recycle is not None:
+                self._recycle(part.data)
         else:
             part.dropped = True  # _run releases it when the download ends
 
@@ -179,6 +183,8 @@ class Prefetcher:
             part.done.set()
             if part.dropped:
                 self._budget.release(part.end - part.start)
+                if self._recycle is not None:
+                    self._recycle(part.data)
 
     def _evict(self) -> None:
         floor = self._highest - self.keep_behind

@@ -9,6 +9,7 @@ the multipart upload, so the bucket never holds a partial object or an orphaned 
 
 A writer may continue after fsync: the committed object becomes the first part(s) of a new
 multipart upload (UploadPartCopy pinned to its ETag; a tail under 5 MiB is read back).
+An append (`resume`) starts the same way from an object that already exists.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 MAX_COPY_PART = 5 * 1024 * MiB
 RunSync = Callable[..., Awaitable[Any]]
+# Bytes held: accepted from the writer and not yet sent, put, or dropped by an abort.
 _HELD, _PARTS = metrics.MEMORY_UPLOAD, metrics.UPLOAD_PARTS_IN_FLIGHT
 
 
@@ -43,7 +45,10 @@ class Upload:
         self.size = 0  # bytes accepted from the writer
         self.etag: str | None = None  # of the last committed version
         self.committed_size = 0
-        self._buffer = bytearray()
+        # What the writer sent since the last part, as it came (pyfuse3's own bytes): a part is
+        # assembled with one join, the only copy between the kernel's data and the request.
+        self._chunks: list[bytes | memoryview] = []
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[PartResult] = []
         self._next_part = 1
@@ -62,6 +67,12 @@ class Upload:
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+
+    def resume(self, size: int, etag: str) -> None:
+        """Start from an existing object (append): it counts as committed content, which
+        the first write turns into the first part(s) of a new upload."""
+        self.size = self.committed_size = size
+        self.etag = etag
 
     async def _check(self) -> None:
         """Raise EIO once anything has failed, aborting the upload the first time."""
@@ -82,15 +93,30 @@ class Upload:
             raise error
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
-        self._buffer += data
-        _HELD.inc(len(data))
         self.size += len(data)
-        while len(self._buffer) >= self.part_size:
-            with memoryview(self._buffer) as view:  # one copy per part, not two
-                chunk = bytes(view[: self.part_size])
-            del self._buffer[: self.part_size]
-            await self._send(chunk)
+        view = memoryview(data)
+        while self._buffered + len(view) >= self.part_size:
+            room = self.part_size - self._buffered
+            self._chunks.append(view[:room])
+            _HELD.inc(room)  # counted piece by piece: a failed send leaves no stale count
+            view = view[room:]
+            await self._send(self._take())
+        if view:
+            self._chunks.append(view)
+            self._buffered += len(view)
+            _HELD.inc(len(view))
         return len(data)
+
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes object (the one copy of a part)."""
+        chunks = self._chunks
+        self._chunks, self._buffered = [], 0
+        if len(chunks) == 1:
+            only = chunks[0]
+            if isinstance(only, memoryview) and isinstance(only.obj, bytes) \
+                    and len(only) == len(only.obj):
+                return only.obj  # one whole write of exactly a part: no copy at all
+        return b"".join(chunks)
 
     async def _ensure_upload(self) -> str:
         if self._upload_id is None:
@@ -107,7 +133,7 @@ class Upload:
             raise FsError(errno.EIO, f"upload of {self.key} failed: {exc}") from exc
 
     async def _send(self, chunk: bytes) -> None:
-        """Send `chunk` (already counted in memory held) as the next part."""
+        """Send `chunk` (counted in the bytes held until sent) as the next part."""
         try:
             upload_id = await self._ensure_upload()
             number = self._next_part
@@ -164,18 +190,15 @@ class Upload:
             assert self.etag is not None
             return self.etag
         if self._upload_id is None:
-            data = bytes(self._buffer)
-            self._buffer.clear()
+            data = self._take()
             try:
                 self.etag = await self._store_call(self.store.put, self.key, data,
                                                    self.options)
             finally:
                 _HELD.dec(len(data))
         else:
-            if self._buffer or not self._parts and self._inflight == 0:
-                chunk = bytes(self._buffer)
-                self._buffer.clear()
-                await self._send(chunk)
+            if self._buffered or not self._parts and self._inflight == 0:
+                await self._send(self._take())
             await self._idle.wait()
             await self._check()
             parts = sorted(self._parts, key=lambda part: part.number)
@@ -194,7 +217,8 @@ class Upload:
         size, etag = self.committed_size, self.etag
         if size < MIN_PART:
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
-            self._buffer = bytearray(data) + self._buffer
+            self._chunks.insert(0, data)
+            self._buffered += len(data)
             _HELD.inc(len(data))
             return
         upload_id = await self._ensure_upload()
@@ -214,8 +238,8 @@ class Upload:
             return
         self.aborted = True
         upload_id, self._upload_id = self._upload_id, None
-        _HELD.dec(len(self._buffer))
-        self._buffer.clear()
+        _HELD.dec(self._buffered)
+        self._chunks, self._buffered = [], 0
         if upload_id is None:
             return
         with trio.CancelScope(shield=True):

@@ -55,9 +55,9 @@ def die_with_parent() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def become_subreaper() -> None:
+def become_subreaper(on: bool = True) -> None:
     """Orphaned descendants (FUSE servers whose zygote exited) become our children."""
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
 def capabilities(pid: int) -> dict[str, int]:

@@ -701,6 +701,8 @@ class Supervisor:
         """Stop watching and end the zygote; the mounts keep serving."""
         self._watch.close()
         self._zygote.close()
+        with contextlib.suppress(OSError):  # later orphans are not ours to reap
+            privileges.become_subreaper(False)
 
     def handle(self, request: Request) -> dict[str, Any]:
         if isinstance(request, MountRequest):

@@ -243,3 +243,40 @@ def test_a_server_that_never_gets_ready_is_a_timeout_leaving_nothing(tmp_path: P
         supervisor.close()
         silent.close()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_dead_zygote_is_recreated_and_live_servers_are_untouched(
+        seaweed: SeaweedS3, s3, bucket: str, tmp_path: Path) -> None:
+    s3.put_object(Bucket=bucket, Key="z.txt", Body=b"zygote")
+    state = Path(tempfile.mkdtemp(prefix="sup-", dir="/tmp"))
+    supervisor = Supervisor(state)
+    client = SupervisorClient.in_process(supervisor)
+    env = seaweed.credential_env()
+    credentials = Credentials(kind="static", access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    targets = [tmp_path / "a", tmp_path / "b"]
+    try:
+        for index, target in enumerate(targets):
+            target.mkdir()
+            if index == 1:  # the zygote dies between two mounts
+                supervisor._zygote.ensure()
+                old = supervisor._zygote.pid
+                assert old is not None
+                os.kill(old, signal.SIGKILL)
+                wait_until(lambda pid=old: not psutil.pid_exists(pid) or
+                           psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+                           "the zygote to die")
+            client.mount(MountRequest(volume_id=f"v{index}", target=str(target),
+                                      bucket=bucket,
+                                      options=MountOptions(endpoint_url=seaweed.endpoint),
+                                      credentials=credentials))
+        assert supervisor._zygote.pid != old
+        for target in targets:  # the first server never depended on the old zygote
+            assert (target / "z.txt").read_bytes() == b"zygote"
+    finally:
+        for target in targets:
+            with contextlib.suppress(FailureError):
+                client.unmount(str(target))
+        supervisor.close()
+        shutil.rmtree(state, ignore_errors=True)
+    assert all(mountinfo.find(str(t)) is None for t in targets)

@@ -83,6 +83,8 @@ class Workload:
     needs: frozenset[str] = frozenset()
     raw: bool = True  # has a boto3 equivalent
     fresh_mount: bool = True
+    mount_flags: tuple[str, ...] = ()  # extra flags for our mount in this workload
+    peers: frozenset[str] | None = None  # the only other clients measured (None: all)
 
     @property
     def higher_is_better(self) -> bool:
@@ -136,11 +138,18 @@ def _parallel(count: int, fn: Callable[[int], int], items: int) -> int:
 
 
 class SeqRead(Workload):
-    def __init__(self, readers: int) -> None:
+    def __init__(self, readers: int, direct_io: bool = False) -> None:
         name = "seq_read" if readers == 1 else f"seq_read_{readers}"
-        super().__init__(name, "read", "MB/s",
-                         f"cold sequential read, {readers} reader(s) on {readers} object(s)",
-                         needs=frozenset({f"big{readers}"}))
+        how = f"{readers} reader(s) on {readers} object(s)"
+        if readers > 1:
+            how += f"; raw = {readers} concurrent single-GET streams"
+        if direct_io:
+            name += "_dio"
+            how += "; our mount with --direct-io, against raw only"
+        super().__init__(name, "read", "MB/s", f"cold sequential read, {how}",
+                         needs=frozenset({f"big{readers}"}),
+                         mount_flags=("--direct-io",) if direct_io else (),
+                         peers=frozenset({"boto3"}) if direct_io else None)
         self.readers = readers
 
     def _run(self, read_one: Callable[[int], int], ctx: Context) -> RunResult:
@@ -207,7 +216,8 @@ class RandRead(Workload):
 class FirstByte(Workload):
     def __init__(self) -> None:
         super().__init__("ttfb", "read", "s",
-                         "time to first byte of a big object (open + read 1 byte, fresh mount)",
+                         "time to first byte of a big object (open + read 1 byte, fresh mount); "
+                         "raw = a fresh client's ranged GET of 1 byte",
                          needs=frozenset({"big1"}))
 
     def run_mount(self, ctx: Context, root: Path, client: str) -> RunResult:
@@ -231,11 +241,19 @@ class FirstByte(Workload):
 # Writes
 
 
+def write_part_size() -> int:
+    """Our mount's default multipart part size: boto3 is given the same."""
+    from driver.options import MountOptions
+
+    return MountOptions().write_part_size
+
+
 class SeqWrite(Workload):
     def __init__(self) -> None:
         super().__init__("seq_write", "write", "MB/s",
                          "sequential write of a big file with fsync (dd bs=1M conv=fsync); "
-                         "raw = boto3 upload_fileobj with TransferConfig defaults",
+                         "raw = boto3 upload_file with our default part size "
+                         f"({write_part_size() // MiB} MiB)",
                          needs=frozenset({"source"}))
 
     def _verify(self, ctx: Context, key: str, wait: float) -> float:
@@ -275,9 +293,10 @@ class SeqWrite(Workload):
         from boto3.s3.transfer import TransferConfig
 
         key = ctx.next_key("boto3")
+        part = write_part_size()
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
         started = time.perf_counter()
-        with open(ctx.source_file, "rb") as handle:
-            ctx.raw.client.upload_fileobj(handle, ctx.bucket, key, Config=TransferConfig())
+        ctx.raw.client.upload_file(str(ctx.source_file), ctx.bucket, key, Config=config)
         seconds = time.perf_counter() - started
         self._verify(ctx, key, 10)
         return RunResult(_throughput(ctx.size, seconds), seconds, ctx.size, 1)
@@ -296,7 +315,7 @@ class Listing(Workload):
     def __init__(self, long: bool) -> None:
         super().__init__("ls_l" if long else "ls", "meta", "s",
                          f"`ls{' -l' if long else ''}` of a directory of many objects "
-                         "(fresh mount); raw = ListObjectsV2 pages with delimiter",
+                         "(fresh mount); raw = boto3's paginated list_objects_v2 with delimiter",
                          needs=frozenset({"list"}))
         self.long = long
 
@@ -361,8 +380,9 @@ class MountTime(Workload):
 
 
 def all_workloads(mount_label: str) -> list[Workload]:
-    return [SeqRead(1), SeqRead(4), RandRead(), FirstByte(), SeqWrite(), Listing(False),
-            Listing(True), SmallFiles(1), SmallFiles(8), MountTime(mount_label)]
+    return [SeqRead(1), SeqRead(1, direct_io=True), SeqRead(4), RandRead(), FirstByte(),
+            SeqWrite(), Listing(False), Listing(True), SmallFiles(1), SmallFiles(8),
+            MountTime(mount_label)]
 
 
 GROUPS = ("read", "write", "meta", "small")
