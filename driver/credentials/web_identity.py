@@ -34,6 +34,7 @@ import structlog
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
+from driver import metrics
 from driver.credentials.botocore_sessions import new_botocore_session
 from driver.credentials.source import Credentials
 
@@ -94,12 +95,14 @@ class WebIdentityCredentials(DeferredRefreshableCredentials):
         self.refresh_count = 0
 
     def _refused(self, code: str, reason: str) -> botocore.exceptions.CredentialRetrievalError:
+        metrics.CREDENTIAL_REFRESH_FAILURES.inc()
         log.error("web identity token refused: requests fail with EACCES until a republish "
                   "brings a valid token", role_arn=self.role_arn, code=code, reason=reason)
         return botocore.exceptions.CredentialRetrievalError(
             provider=METHOD, error_msg=f"STS refused the token for {self.role_arn} ({code})")
 
     def _fetch(self) -> dict[str, Any]:
+        metrics.CREDENTIAL_REFRESHES.inc()
         token = self._tokens.read()
         try:
             response = self._sts.assume_role_with_web_identity(
