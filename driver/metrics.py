@@ -147,6 +147,17 @@ MOUNTS_NAME = "cloudbucket_mounts"
 SCRAPE_UP_NAME = "cloudbucket_mount_scrape_up"
 
 
+def store_request_counts() -> dict[str, dict[str, int]]:
+    """{op: {status class: requests}} so far, from STORE_REQUESTS (for --log-metrics)."""
+    counts: dict[str, dict[str, int]] = {}
+    for family in STORE_REQUESTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                by_status = counts.setdefault(sample.labels["op"], {})
+                by_status[sample.labels["status"]] = int(sample.value)
+    return counts
+
+
 def errno_name(code: int) -> str:
     return errno.errorcode.get(code, f"E{code}")
 
@@ -325,13 +336,19 @@ class MountsCollector(Collector):
                     "gauge")
         seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for socket_path, labels in mounts:
-            extra = {name: str(labels.get(name, "")) for name in MOUNT_LABELS}
+            # An entry without a volume_id is a source of node-level samples (the supervisor
+            # daemon's own counters): merged as they are, neither counted nor labelled.
+            is_mount = bool(labels.get("volume_id"))
+            extra = {name: str(labels.get(name, "")) for name in MOUNT_LABELS} if is_mount \
+                else {}
             try:
                 text = scrape_unix(socket_path, self._timeout)
             except (OSError, http.client.HTTPException):
-                up.add_sample(SCRAPE_UP_NAME, extra, 0)
+                if is_mount:
+                    up.add_sample(SCRAPE_UP_NAME, extra, 0)
                 continue
-            up.add_sample(SCRAPE_UP_NAME, extra, 1)
+            if is_mount:
+                up.add_sample(SCRAPE_UP_NAME, extra, 1)
             for family in text_string_to_metric_families(text):
                 merged = families.get(family.name)
                 if merged is None:
@@ -353,7 +370,8 @@ class MountsCollector(Collector):
                 elif merged.type == family.type:
                     merged.samples.extend(family.samples)
         count = Metric(MOUNTS_NAME, "Live mounts on this node", "gauge")
-        count.add_sample(MOUNTS_NAME, {}, len(mounts))
+        count.add_sample(MOUNTS_NAME, {}, sum(1 for _, labels in mounts
+                                              if labels.get("volume_id")))
         return [count, up, *families.values()]
 
     def _report_increases(self, seen: dict[tuple[str, tuple[tuple[str, str], ...]], float]

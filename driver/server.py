@@ -138,7 +138,7 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
     closers: list[Callable[[], None]] = []  # last first, when the server stops
     if serve_node:
         from driver.mounts.state import StateStore
-        from driver.mounts.supervisor import Supervisor, SupervisorClient
+        from driver.mounts.supervisor import Supervisor, SupervisorClient, metrics_socket_of
         from driver.services.node import NodeService
 
         state_path = Path(state_dir)
@@ -149,11 +149,15 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
         if mounter_socket:
             client = SupervisorClient(mounter_socket)
         else:
-            supervisor = Supervisor(state_path / "supervisor")
+            from driver.events import event_recorder
+
+            supervisor = Supervisor(state_path / "supervisor", events=event_recorder(node_id))
             closers.append(supervisor.close)
             client = SupervisorClient.in_process(supervisor)
         log.info("supervisor", socket=mounter_socket or "in-process")
-        node = NodeService(node_id, StateStore(state_path / "volumes"), client)
+        node = NodeService(node_id, StateStore(state_path / "volumes"), client,
+                           supervisor_metrics=metrics_socket_of(mounter_socket)
+                           if mounter_socket else None)
         adopted, cleaned = node.recover()
         log.info("node state recovered", adopted=adopted, cleaned=cleaned)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
@@ -184,26 +188,25 @@ class ServeError(ValueError):
     """A configuration `serve` cannot start with (the CLI prints it as one line)."""
 
 
-def _serve_metrics(args: argparse.Namespace) -> metrics.MetricsServer:
-    """/metrics of this plugin: CSI calls, supervisor counters, and (node) every live mount.
-
-    The live mounts come from the supervisor's records (issue 11 plugs its lister in as
-    `list_mounts`); until then only the plugin's own metrics are served."""
+def _serve_metrics(args: argparse.Namespace, node: Any) -> metrics.MetricsServer:
+    """/metrics of this plugin: CSI calls, the supervisor's counters, and (node) every live
+    mount's samples labelled with its volume id, bucket and pod. The live mounts are the
+    supervisor's records, so a volume's samples are gone once it is unpublished."""
     from driver.events import event_recorder, increase_reporter
 
     try:
         host, port = metrics.parse_address(args.metrics_address)
     except ValueError as exc:
         raise ServeError(f"invalid option --metrics-address: {exc}") from None
-    recorder = event_recorder(args.node_id) if args.mode in ("node", "all") else None
+    recorder = event_recorder(args.node_id) if node is not None else None
     try:
         return metrics.serve_plugin_metrics(
-            host, port, list_mounts=None,
+            host, port, list_mounts=node.metrics_sources if node is not None else None,
             on_increase=increase_reporter(recorder) if recorder else None,
             poll_interval=30 if recorder else None)
     except OSError as exc:
         raise ServeError(f"cannot serve metrics on {args.metrics_address}: "
-                       f"{exc.strerror or exc}") from None
+                         f"{exc.strerror or exc}") from None
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -223,7 +226,7 @@ def run_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     csi = build_server(args.mode, socket, args.node_id, args.state_dir)
-    metrics_server = _serve_metrics(args) if args.metrics_address else None
+    metrics_server = _serve_metrics(args, csi.node) if args.metrics_address else None
     csi.server.start()
     log.info("serving", mode=args.mode, endpoint=args.endpoint, node_id=args.node_id,
              state_dir=args.state_dir)
