@@ -22,6 +22,7 @@ from driver import __version__
 
 if TYPE_CHECKING:
     from driver.failures import Failure, FailureKind
+    from driver.metrics import MetricsServer
     from driver.options import MountOptions
 
 CREDENTIALS_FILE_ENV = "CLOUDBUCKET_CREDENTIALS_FILE"
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="accepted for mount-s3 compatibility; no effect (no AWS CRT here)")
     mount.add_argument("--credentials-file", default=os.environ.get(CREDENTIALS_FILE_ENV),
                        help="0600 JSON credentials file written by the node plugin")
+    mount.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics for this mount on HOST:PORT "
+                       "(or unix:PATH for a UNIX socket)")
 
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the CSI gRPC server")
     serve.add_argument("--mode", choices=("node", "controller", "all"), default="all")
@@ -86,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", default=os.environ.get("NODE_ID", ""))
     serve.add_argument("--state-dir", default="/var/lib/cloudbucket-csi")
     serve.add_argument("--log-level", default=os.environ.get("CLOUDBUCKET_LOG_LEVEL", "info"))
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics on HOST:PORT (the node plugin adds "
+                       "every live mount's metrics, labelled by volume and pod)")
 
     supervisor = commands.add_parser(
         "supervisor", allow_abbrev=False,
@@ -206,6 +213,14 @@ def _mount(args: argparse.Namespace) -> int:
         validate_bucket(args.bucket)
     except OptionError as exc:
         raise _error("invalid_option", f"invalid option --{exc}") from None
+    if args.metrics_address and not args.metrics_address.startswith("unix:"):
+        from driver.metrics import parse_address
+
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as exc:
+            raise _error("invalid_option", f"invalid option --metrics-address: {exc}") \
+                from None
     if options.max_cache_size is not None and options.cache is None:
         raise _error("invalid_option", "invalid option --max-cache-size: needs --cache DIR")
     if options.cache is not None:  # absolute: the server outlives this command's cwd
@@ -263,5 +278,30 @@ def _serve(args: argparse.Namespace, options: MountOptions,
     from driver import fuseserver
 
     fsname = f"cloudbucket:{args.bucket}/{options.prefix}"
-    return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
-                          args.credentials_file, report)  # type: ignore[arg-type]
+    address: str | None = args.metrics_address
+    if address and address.startswith("unix:"):  # as the supervisor's servers do
+        return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
+                              args.credentials_file, report,  # type: ignore[arg-type]
+                              metrics_socket=address.removeprefix("unix:"))
+    metrics_server = None
+    if address:
+        from driver.failures import Failure, FailureKind
+
+        try:
+            metrics_server = _serve_metrics_tcp(address)
+        except OSError as exc:
+            report(Failure(FailureKind.INVALID_OPTION,  # type: ignore[operator]
+                           f"cannot serve metrics on {address}: {exc.strerror or exc}"))
+            return 1
+    try:
+        return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
+                              args.credentials_file, report)  # type: ignore[arg-type]
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+def _serve_metrics_tcp(address: str) -> MetricsServer:
+    from driver import metrics
+
+    return metrics.serve_metrics_tcp(*metrics.parse_address(address))

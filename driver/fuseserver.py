@@ -74,7 +74,19 @@ def run(bucket: str, options: MountOptions, mountpoint: str, fsname: str,
         reported = True
         report(None if error is None else Failure(FailureKind.FAILED, error))
 
-    status = serve(store, options, mountpoint, fsname, ready)
+    metrics_server = None
+    if metrics_socket:
+        from driver.metrics import serve_metrics_unix
+
+        try:
+            metrics_server = serve_metrics_unix(metrics_socket)
+        except OSError as exc:  # not fatal: the mount works, it is only not observed
+            log.error("cannot serve metrics", socket=metrics_socket, error=str(exc))
+    try:
+        status = serve(store, options, mountpoint, fsname, ready)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     if not reported:
         report(Failure(FailureKind.FAILED, "the FUSE server stopped before the mount "
                        "was live"))

@@ -30,6 +30,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from driver import metrics
 from driver.csi import csi_pb2_grpc
 from driver.services.errors import CsiError
 
@@ -82,6 +83,8 @@ class CsiInterceptor(grpc.ServerInterceptor):
                 message = f"internal error in {method}: {type(exc).__name__}: {exc}"
                 log.exception("unexpected error", method=method, **_fields(request))
             finally:
+                metrics.CSI_REQUESTS.labels(method, code.name).inc()
+                metrics.CSI_REQUEST_SECONDS.labels(method).observe(time.monotonic() - started)
                 level = "debug" if method in QUIET_METHODS and code is grpc.StatusCode.OK \
                     else "info" if code is grpc.StatusCode.OK else "warning"
                 getattr(log, level)("grpc request", method=method, code=code.name,
@@ -135,7 +138,7 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
     closers: list[Callable[[], None]] = []  # last first, when the server stops
     if serve_node:
         from driver.mounts.state import StateStore
-        from driver.mounts.supervisor import Supervisor, SupervisorClient
+        from driver.mounts.supervisor import Supervisor, SupervisorClient, metrics_socket_of
         from driver.services.node import NodeService
 
         state_path = Path(state_dir)
@@ -146,11 +149,15 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
         if mounter_socket:
             client = SupervisorClient(mounter_socket)
         else:
-            supervisor = Supervisor(state_path / "supervisor")
+            from driver.events import event_recorder
+
+            supervisor = Supervisor(state_path / "supervisor", events=event_recorder(node_id))
             closers.append(supervisor.close)
             client = SupervisorClient.in_process(supervisor)
         log.info("supervisor", socket=mounter_socket or "in-process")
-        node = NodeService(node_id, StateStore(state_path / "volumes"), client)
+        node = NodeService(node_id, StateStore(state_path / "volumes"), client,
+                           supervisor_metrics=metrics_socket_of(mounter_socket)
+                           if mounter_socket else None)
         adopted, cleaned = node.recover()
         log.info("node state recovered", adopted=adopted, cleaned=cleaned)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
@@ -181,6 +188,27 @@ class ServeError(ValueError):
     """A configuration `serve` cannot start with (the CLI prints it as one line)."""
 
 
+def _serve_metrics(args: argparse.Namespace, node: Any) -> metrics.MetricsServer:
+    """/metrics of this plugin: CSI calls, the supervisor's counters, and (node) every live
+    mount's samples labelled with its volume id, bucket and pod. The live mounts are the
+    supervisor's records, so a volume's samples are gone once it is unpublished."""
+    from driver.events import event_recorder, increase_reporter
+
+    try:
+        host, port = metrics.parse_address(args.metrics_address)
+    except ValueError as exc:
+        raise ServeError(f"invalid option --metrics-address: {exc}") from None
+    recorder = event_recorder(args.node_id) if node is not None else None
+    try:
+        return metrics.serve_plugin_metrics(
+            host, port, list_mounts=node.metrics_sources if node is not None else None,
+            on_increase=increase_reporter(recorder) if recorder else None,
+            poll_interval=30 if recorder else None)
+    except OSError as exc:
+        raise ServeError(f"cannot serve metrics on {args.metrics_address}: "
+                         f"{exc.strerror or exc}") from None
+
+
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status."""
     if args.mode in ("node", "all") and not args.node_id:
@@ -198,11 +226,14 @@ def run_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     csi = build_server(args.mode, socket, args.node_id, args.state_dir)
+    metrics_server = _serve_metrics(args, csi.node) if args.metrics_address else None
     csi.server.start()
     log.info("serving", mode=args.mode, endpoint=args.endpoint, node_id=args.node_id,
              state_dir=args.state_dir)
     while not stop.wait(1.0):
         pass
     csi.stop(GRACE_SECONDS)
+    if metrics_server is not None:
+        metrics_server.close()
     log.info("stopped")
     return 0

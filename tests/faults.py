@@ -24,6 +24,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.reject: Callable[[str], bool] = lambda request_line: False
         self.rejected = 0
+        self.requests: list[str] = []  # every request line seen, rejected ones included
         self._listener = socket.create_server((LOOPBACK, 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: set[socket.socket] = set()
@@ -73,6 +74,8 @@ class FaultProxy:
                     buffer += data
                 head, buffer = buffer.split(b"\r\n\r\n", 1)
                 request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                with self._lock:
+                    self.requests.append(request_line)
                 if self.reject(request_line):
                     self.rejected += 1
                     client.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: "

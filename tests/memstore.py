@@ -1,4 +1,8 @@
-"""An in-memory ObjectStore for unit tests, with fault injection. Never a proof of S3."""
+"""An in-memory ObjectStore for unit tests, with fault injection. Never a proof of S3.
+
+tests/integration/test_store_conformance.py holds it to the same contract as the real
+backends, so a unit test over it means what it would mean over S3 or GCS.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +62,7 @@ class MemoryStore:
         entries: list[tuple[str, ObjectInfo | None]] = []
         seen_prefixes: set[str] = set()
         for key in sorted(self.objects):
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                 continue
             rest = key[len(prefix):]
             if delimiter and delimiter in rest:
@@ -82,6 +86,8 @@ class MemoryStore:
             raise NotFound(key)
         if etag and self._etag(data) != etag:
             raise PreconditionFailed(key)
+        if end > len(data):  # as the real stores: a short read is an error, never returned
+            raise StoreError(f"GET {key}: short read ({len(data) - start} of {end - start})")
         return data[start:end]
 
     def get_range_into(self, key: str, start: int, end: int, etag: str | None,

@@ -10,27 +10,11 @@ Nothing touches process-global state (no os.environ per mount).
 
 from __future__ import annotations
 
-import functools
-
 import boto3
-import botocore.loaders
-import botocore.session
 
+from driver.credentials.botocore_sessions import new_botocore_session
 from driver.credentials.source import Credentials, CredentialsError
 from driver.credentials.web_identity import web_identity_session
-
-
-@functools.cache
-def shared_loader() -> botocore.loaders.Loader:
-    """One botocore data loader per process: service models are parsed once (in the
-    supervisor's zygote, before it forks) instead of once per session."""
-    return botocore.loaders.create_loader()
-
-
-def new_botocore_session() -> botocore.session.Session:
-    core = botocore.session.Session()
-    core.register_component("data_loader", shared_loader())
-    return core
 
 
 def warm_up() -> None:

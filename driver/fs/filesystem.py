@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs import threads
 from driver.fs.buffers import BufferPool
 from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
@@ -511,6 +512,8 @@ class Filesystem:
         self._next_fh += 1
         self._handles[fh] = handle
         handle.inode.open_handles += 1
+        if isinstance(handle, FileHandle):
+            (metrics.OPEN_WRITE if handle.upload is not None else metrics.OPEN_READ).inc()
         return fh
 
     async def open(self, ino: int, flags: int) -> int:
@@ -587,6 +590,7 @@ class Filesystem:
         upload.attach(self._nursery)
         inode.writer = upload
         self._uploads.add(upload)
+        metrics.UPLOADS_IN_FLIGHT.inc()
         return upload
 
     async def _start_append(self, inode: Inode) -> Upload:
@@ -687,6 +691,7 @@ class Filesystem:
         if handle is None:
             return
         if isinstance(handle, FileHandle):
+            (metrics.OPEN_WRITE if handle.upload is not None else metrics.OPEN_READ).dec()
             if handle.prefetcher is not None:
                 handle.prefetcher.close()
                 self._readers -= 1
@@ -709,7 +714,9 @@ class Filesystem:
                             await handle.cache_writer.discard()
                     handle.inode.writer = None
                     handle.inode.local = False
-                    self._uploads.discard(upload)
+                    if upload in self._uploads:
+                        self._uploads.discard(upload)
+                        metrics.UPLOADS_IN_FLIGHT.dec()
                     if upload.etag is None:  # nothing was ever committed
                         self.inodes.remove_name(handle.inode)
         self.inodes.release(handle.inode)

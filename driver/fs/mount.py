@@ -19,6 +19,7 @@ import pyfuse3
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs.filesystem import Filesystem
 from driver.fs.fuse import FuseOperations
 from driver.options import MountOptions
@@ -90,11 +91,6 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     raises its read-ahead (this process has no privileges to do so)."""
     premounted = mountpoint.startswith("/dev/fd/")
     release_large_buffers_to_os()
-    take_metrics = None
-    if options.log_metrics:
-        from driver.store.metered import metered
-
-        store, take_metrics = metered(store)
     fs = Filesystem(store, options)
     operations = FuseOperations(fs, direct_io=options.direct_io)
     try:
@@ -128,19 +124,20 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
                 ready(None)
 
             async def log_metrics() -> None:
-                assert take_metrics is not None
+                # mount-s3's --log-metrics: the same counters /metrics serves, in the log.
                 while True:
                     await trio.sleep(METRICS_INTERVAL)
-                    log.info("store requests", interval=METRICS_INTERVAL, **take_metrics())
+                    log.info("store requests", interval=METRICS_INTERVAL,
+                             **metrics.store_request_counts())
 
             nursery.start_soon(watch_signals, name="signals")
             nursery.start_soon(announce_ready, name="ready")
-            if take_metrics is not None:
+            if options.log_metrics:
                 nursery.start_soon(log_metrics, name="metrics")
             await pyfuse3.main()
             await fs.shutdown()
-            if take_metrics is not None:
-                log.info("store requests", final=True, **take_metrics())
+            if options.log_metrics:
+                log.info("store requests", final=True, **metrics.store_request_counts())
             nursery.cancel_scope.cancel()
 
     try:

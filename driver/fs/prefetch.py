@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from driver import metrics
+
 MiB = 1024 * 1024
 FIRST_REQUEST = 1 * MiB + 128 * 1024  # enough for the kernel's first 1 MiB read
 
@@ -29,16 +31,20 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.peak = 0
+        metrics.MEMORY_TARGET_BYTES.set(limit)
 
     def try_reserve(self, size: int, force: bool = False) -> bool:
         if not force and self.used + size > self.limit:
+            metrics.MEMORY_TARGET_REACHED.inc()
             return False
         self.used += size
         self.peak = max(self.peak, self.used)
+        metrics.MEMORY_PREFETCH.inc(size)
         return True
 
     def release(self, size: int) -> None:
         self.used -= size
+        metrics.MEMORY_PREFETCH.dec(size)
 
 
 @dataclass(eq=False)
@@ -51,6 +57,8 @@ class _Part:
     dropped: bool = False
 
 
+_FETCHED, _USED, _RESETS = (metrics.PREFETCH_BYTES, metrics.PREFETCH_USED_BYTES,
+                            metrics.PREFETCH_RESETS)
 Fetch = Callable[[int, int], Awaitable[bytes | bytearray | memoryview]]
 
 
@@ -87,8 +95,10 @@ class Prefetcher:
             if self._parts and self._next < offset <= self._next + self.part_size:
                 self._next = offset  # a short skip forward: keep the stream, leave a hole
             else:
+                _RESETS.inc()
                 self._reset(offset)
         elif reach < end and reach != self._next:
+            _RESETS.inc()
             self._reset(offset)  # a hole inside the range: start over here
         elif offset >= self._highest >= self._stream_start + self._window:
             # The reader consumed a whole window in order: widen it. Counting consumed
@@ -106,6 +116,7 @@ class Prefetcher:
                 raise part.error
             lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
             pieces.append(memoryview(part.data)[lo:hi])  # no copy; pyfuse3 takes buffers
+        _USED.inc(length)
         self._highest = max(self._highest, end)
         self._evict()
         self._schedule(self._highest)
@@ -169,6 +180,7 @@ class Prefetcher:
     async def _run(self, part: _Part) -> None:
         try:
             part.data = await self._fetch(part.start, part.end)
+            _FETCHED.inc(len(part.data))
         except trio.Cancelled:
             part.error = OSError("prefetch cancelled")
             raise

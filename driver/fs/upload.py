@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs.errors import FsError
 from driver.store.base import ObjectStore, PartResult, StoreError, UploadOptions
 
@@ -29,6 +30,8 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 MAX_COPY_PART = 5 * 1024 * MiB
 RunSync = Callable[..., Awaitable[Any]]
+# Bytes held: accepted from the writer and not yet sent, put, or dropped by an abort.
+_HELD, _PARTS = metrics.MEMORY_UPLOAD, metrics.UPLOAD_PARTS_IN_FLIGHT
 
 
 class Upload:
@@ -56,6 +59,7 @@ class Upload:
         self._error: BaseException | None = None
         self._nursery: trio.Nursery | None = None
         self.aborted = False
+        self._failure_counted = False
 
     @property
     def dirty(self) -> bool:
@@ -94,11 +98,13 @@ class Upload:
         while self._buffered + len(view) >= self.part_size:
             room = self.part_size - self._buffered
             self._chunks.append(view[:room])
+            _HELD.inc(room)  # counted piece by piece: a failed send leaves no stale count
             view = view[room:]
             await self._send(self._take())
         if view:
             self._chunks.append(view)
             self._buffered += len(view)
+            _HELD.inc(len(view))
         return len(data)
 
     def _take(self) -> bytes:
@@ -127,11 +133,21 @@ class Upload:
             raise FsError(errno.EIO, f"upload of {self.key} failed: {exc}") from exc
 
     async def _send(self, chunk: bytes) -> None:
-        upload_id = await self._ensure_upload()
-        number = self._next_part
-        self._next_part += 1
-        await self._slots.acquire()  # back-pressure: wait for a free slot
-        await self._check()
+        """Send `chunk` (counted in the bytes held until sent) as the next part."""
+        try:
+            upload_id = await self._ensure_upload()
+            number = self._next_part
+            self._next_part += 1
+            await self._slots.acquire()  # back-pressure: wait for a free slot
+            try:
+                await self._check()
+            except BaseException:
+                self._slots.release()
+                raise
+        except BaseException:
+            _HELD.dec(len(chunk))
+            raise
+        _PARTS.inc()
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
@@ -147,6 +163,8 @@ class Upload:
                 self._error = exc
                 log.error("upload part failed", key=self.key, part=number, error=str(exc))
         finally:
+            _PARTS.dec()
+            _HELD.dec(len(chunk))
             self._inflight -= 1
             self._slots.release()
             if self._inflight == 0:
@@ -154,13 +172,30 @@ class Upload:
 
     async def commit(self) -> str:
         """Make everything written so far the object's content; return its ETag."""
+        was_dirty = self.dirty
+        try:
+            etag = await self._commit()
+        except FsError:
+            if not self._failure_counted:
+                self._failure_counted = True
+                metrics.UPLOADS_FAILED.inc()
+            raise
+        if was_dirty:
+            metrics.UPLOADS_OK.inc()
+        return etag
+
+    async def _commit(self) -> str:
         await self._check()
         if not self.dirty:
             assert self.etag is not None
             return self.etag
         if self._upload_id is None:
             data = self._take()
-            self.etag = await self._store_call(self.store.put, self.key, data, self.options)
+            try:
+                self.etag = await self._store_call(self.store.put, self.key, data,
+                                                   self.options)
+            finally:
+                _HELD.dec(len(data))
         else:
             if self._buffered or not self._parts and self._inflight == 0:
                 await self._send(self._take())
@@ -184,6 +219,7 @@ class Upload:
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
             self._chunks.insert(0, data)
             self._buffered += len(data)
+            _HELD.inc(len(data))
             return
         upload_id = await self._ensure_upload()
         pieces = -(-size // MAX_COPY_PART)
@@ -202,6 +238,7 @@ class Upload:
             return
         self.aborted = True
         upload_id, self._upload_id = self._upload_id, None
+        _HELD.dec(self._buffered)
         self._chunks, self._buffered = [], 0
         if upload_id is None:
             return

@@ -27,6 +27,9 @@ class Mounter(Protocol):
     def update_credentials(self, target: str, credentials: Credentials) -> None:
         """Atomically rewrite a live server's credentials file (it re-reads it on refresh)."""
 
+    def list(self, probe: bool = True) -> list[ServerStatus]:
+        """Every server the supervisor records (without `probe`: from its records alone)."""
+
     def unmount(self, target: str, terminate: bool = False) -> None:
         """Unmount `target`, wait for its server to finish pending uploads and exit, remove
         its files. With `terminate`, a server that does not exit is signalled. Idempotent;

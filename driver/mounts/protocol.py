@@ -97,6 +97,7 @@ class UpdateCredentialsRequest:
 @dataclass(frozen=True)
 class ListRequest:
     op: ClassVar[str] = "list"
+    probe: bool = True  # stat each mount (health); False: from the records alone
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,9 @@ class ServerStatus:
     message: str
     pid: int = 0
     uid: int = 0
+    bucket: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # pod_namespace, pod_name
+    metrics_socket: str = ""  # where the server serves its /metrics (a unix socket)
 
 
 def ok_reply(**fields: Any) -> dict[str, Any]:

@@ -41,7 +41,9 @@ from typing import Any
 
 import structlog
 
+from driver import metrics
 from driver.credentials.source import Credentials
+from driver.events import EventRecorder, PodRef
 from driver.failures import Failure, FailureError, FailureKind, kind_of
 from driver.mounts import fdpass, mountinfo, privileges
 from driver.mounts.protocol import (
@@ -228,6 +230,14 @@ class Zygote:
 # ------------------------------------------------------------------------ death watch
 
 
+@dataclass(frozen=True)
+class Death:
+    """Why a server exited: for people, and as a short metric label (exit:N, signal:X, oom)."""
+
+    message: str
+    label: str
+
+
 @dataclass
 class _Watched:
     record: ServerRecord
@@ -236,9 +246,9 @@ class _Watched:
 
 
 class DeathWatch:
-    """One thread polling a pidfd per server; `on_exit(record, cause)` when one exits."""
+    """One thread polling a pidfd per server; `on_exit(record, death)` when one exits."""
 
-    def __init__(self, on_exit: Callable[[ServerRecord, str], None]) -> None:
+    def __init__(self, on_exit: Callable[[ServerRecord, Death], None]) -> None:
         self._on_exit = on_exit
         self._lock = threading.Lock()
         self._watched: dict[int, _Watched] = {}  # pidfd -> server
@@ -300,23 +310,24 @@ class DeathWatch:
                     log.exception("death handler failed", pid=watched.record.pid)
 
     @staticmethod
-    def _cause(watched: _Watched) -> str:
+    def _cause(watched: _Watched) -> Death:
         try:
             info = os.waitid(os.P_PIDFD, watched.pidfd, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
-            return "exited (not a child of this supervisor: exit status unknown)"
+            return Death("exited (not a child of this supervisor: exit status unknown)",
+                         "unknown")
         if info is None:
-            return "exited"
+            return Death("exited", "unknown")
         if info.si_code == os.CLD_EXITED:
-            return f"exited with status {info.si_status}"
+            return Death(f"exited with status {info.si_status}", f"exit:{info.si_status}")
         name = signal.Signals(info.si_status).name if info.si_status in \
             signal.Signals._value2member_map_ else str(info.si_status)
-        cause = f"killed by {name}"
+        cause, label = f"killed by {name}", f"signal:{name}"
         if info.si_status == signal.SIGKILL and _oom_kills() > watched.oom_before >= 0:
-            cause += " (the kernel's OOM killer ran: out of memory)"
+            cause, label = cause + " (the kernel's OOM killer ran: out of memory)", "oom"
         if info.si_code == os.CLD_DUMPED:
             cause += " (core dumped)"
-        return cause
+        return Death(cause, label)
 
     def close(self) -> None:
         self._closed = True
@@ -336,14 +347,13 @@ class Supervisor:
 
     def __init__(self, state_dir: Path, allowed_root: Path | None = None,
                  ready_timeout: float = 60, stop_timeout: float = 100,
-                 probe_timeout: float = 5,
-                 on_death: Callable[[ServerRecord, str], None] | None = None) -> None:
+                 probe_timeout: float = 5, events: EventRecorder | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.allowed_root = Path(os.path.realpath(allowed_root)) if allowed_root else None
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.probe_timeout = probe_timeout
-        self._on_death = on_death
+        self._events = events
         self._records_dir = private_dir(self.state_dir / "records")
         self._logs_dir = private_dir(self.state_dir / "logs")
         self._servers_dir = self.state_dir / "servers"  # one dir per server, owned by it
@@ -415,15 +425,19 @@ class Supervisor:
                                                "(exit status unknown)")
         log.info("supervisor started", adopted=adopted, dead=len(self._deaths))
 
-    def _died(self, record: ServerRecord, cause: str) -> None:
+    def _died(self, record: ServerRecord, death: Death) -> None:
         current = self._get(record.target)
         if current is None or current.pid != record.pid or record.target in self._stopping:
             return  # stopped on purpose
-        self._deaths[record.target] = cause
+        self._deaths[record.target] = death.message
         log.error("FUSE server died", volume_id=record.volume_id, target=record.target,
-                  pid=record.pid, cause=cause, log_file=str(self.log_path(record.target)))
-        if self._on_death is not None:
-            self._on_death(record, cause)
+                  pid=record.pid, cause=death.message,
+                  log_file=str(self.log_path(record.target)))
+        metrics.FUSE_SERVER_DEATHS.labels(death.label).inc()
+        pod = PodRef.from_labels(record.labels)
+        if self._events is not None and pod is not None:
+            self._events.fuse_server_died(pod, record.volume_id, death.message,
+                                          restarting=False)
 
     @contextlib.contextmanager
     def _target_lock(self, target: str) -> Iterator[None]:
@@ -465,18 +479,34 @@ class Supervisor:
                     raise failure(FailureKind.BUSY, f"{target} already serves volume "
                                   f"{record.volume_id}")
                 if self._alive(record) and record.phase == "ready":
-                    self._write_credentials(target, request.credentials, record.uid)
+                    self._hand_over(target, request.credentials, record.uid)
                     return self._status(record)
+                restarting = record.target in self._deaths
                 self._stop(record, target, terminate=True)
+                if restarting:  # republish over a dead mount: counted once it serves again
+                    status = self._start_checked(target, request)
+                    metrics.FUSE_SERVER_RESTARTS.inc()
+                    return status
             entry = mountinfo.find(target)
             if entry is not None:
                 if entry.fstype != mountinfo.FSTYPE:
                     raise failure(FailureKind.BUSY, f"{target} already has a filesystem "
                                   "mounted that this driver did not mount")
                 mountinfo.unmount(target)  # a dead mount nobody records: replace it
-            if not os.path.isdir(target):
-                raise failure(FailureKind.INVALID_OPTION, f"target {target} is not a directory")
-            return self._start(target, request)
+            return self._start_checked(target, request)
+
+    def _start_checked(self, target: str, request: MountRequest) -> ServerStatus:
+        if not os.path.isdir(target):
+            raise failure(FailureKind.INVALID_OPTION, f"target {target} is not a directory")
+        return self._start(target, request)
+
+    def _hand_over(self, target: str, credentials: Credentials, uid: int) -> None:
+        try:
+            self._write_credentials(target, credentials, uid)
+        except OSError:
+            metrics.CREDENTIAL_HANDOVERS.labels("failed").inc()
+            raise
+        metrics.CREDENTIAL_HANDOVERS.labels("ok").inc()
 
     def _cache_uid(self, cache: str | None) -> int | None:
         """The UID of a live server of the same cache directory: one volume and one
@@ -630,10 +660,16 @@ class Supervisor:
 
     # -- check / refresh -----------------------------------------------------------------
 
-    def _status(self, record: ServerRecord) -> ServerStatus:
-        ok, message = self._health(record)
+    def _status(self, record: ServerRecord, probe: bool = True) -> ServerStatus:
+        if probe:
+            ok, message = self._health(record)
+        else:  # from the records alone (a metrics scrape must not stat every mount)
+            ok = self._alive(record) and record.phase == "ready"
+            message = "" if ok else self._deaths.get(record.target, "not serving")
         return ServerStatus(target=record.target, volume_id=record.volume_id, ok=ok,
-                            message=message, pid=record.pid, uid=record.uid)
+                            message=message, pid=record.pid, uid=record.uid,
+                            bucket=record.bucket, labels=dict(record.labels),
+                            metrics_socket=str(self.metrics_socket(record.target)))
 
     def _health(self, record: ServerRecord) -> tuple[bool, str]:
         death = self._deaths.get(record.target)
@@ -662,10 +698,10 @@ class Supervisor:
             record = self._get(target)
             if record is None:
                 raise failure(FailureKind.NOT_MOUNTED, f"no FUSE server serves {target}")
-            self._write_credentials(target, credentials, record.uid)
+            self._hand_over(target, credentials, record.uid)
 
-    def list(self) -> list[ServerStatus]:
-        return [self._status(record) for record in self.records()]
+    def list(self, probe: bool = True) -> list[ServerStatus]:
+        return [self._status(record, probe) for record in self.records()]
 
     # -- unmount -------------------------------------------------------------------------
 
@@ -750,7 +786,7 @@ class Supervisor:
             self.update_credentials(request.target, request.credentials)
             return ok_reply()
         if isinstance(request, ListRequest):
-            return ok_reply(servers=[dataclasses.asdict(s) for s in self.list()])
+            return ok_reply(servers=[dataclasses.asdict(s) for s in self.list(request.probe)])
         if isinstance(request, PingRequest):
             return ok_reply(pid=os.getpid(), zygote_pid=self._zygote.pid)
         raise ProtocolError(f"unhandled request {type(request).__name__}")
@@ -882,8 +918,8 @@ class SupervisorClient:
     def update_credentials(self, target: str, credentials: Credentials) -> None:
         self.call(UpdateCredentialsRequest(target=target, credentials=credentials))
 
-    def list(self) -> list[ServerStatus]:
-        return [status_from(item) for item in self.call(ListRequest())["servers"]]
+    def list(self, probe: bool = True) -> list[ServerStatus]:
+        return [status_from(item) for item in self.call(ListRequest(probe=probe))["servers"]]
 
     def ping(self) -> dict[str, Any]:
         return self.call(PingRequest())
@@ -899,10 +935,22 @@ def run_daemon(socket_path: str, state_dir: Path, allowed_root: Path | None) -> 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    supervisor = Supervisor(state_dir, allowed_root)
+    from driver.events import event_recorder
+
+    supervisor = Supervisor(state_dir, allowed_root, events=event_recorder())
     server = SupervisorServer(socket_path, supervisor).start()
+    # The supervisor's own counters (deaths, restarts, hand-overs), for the node plugin's
+    # /metrics to merge in (driver/server.py).
+    metrics_server = metrics.serve_metrics_unix(metrics_socket_of(socket_path),
+                                                metrics.PLUGIN_REGISTRY)
     log.info("supervisor listening", socket=socket_path)
     stop.wait()
+    metrics_server.close()
     server.close()
     supervisor.close()
     return 0
+
+
+def metrics_socket_of(socket_path: str) -> str:
+    """Where a supervisor daemon serves its own metrics, beside its control socket."""
+    return f"{socket_path}.metrics"

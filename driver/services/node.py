@@ -130,10 +130,12 @@ def _differences(record: MountRecord, wanted: MountRecord) -> list[str]:
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, node_id: str, state: StateStore, mounter: Mounter) -> None:
+    def __init__(self, node_id: str, state: StateStore, mounter: Mounter,
+                 supervisor_metrics: str | None = None) -> None:
         self.node_id = node_id
         self.state = state
         self.mounter = mounter
+        self._supervisor_metrics = supervisor_metrics  # the daemon's own /metrics socket
         # Serializes every call that touches one volume id, and separately one target path
         # (two volumes must not race for the same path). Always taken volume first, then
         # target, so two calls can never wait on each other in a cycle.
@@ -167,6 +169,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             self.state.delete(record.target)
             cleaned += 1
         return adopted, cleaned
+
+    def metrics_sources(self) -> list[tuple[str, dict[str, str]]]:
+        """(metrics socket, labels) of every published mount, for the node's /metrics; plus
+        the supervisor daemon's own socket (no labels) when it runs apart."""
+        try:
+            servers = self.mounter.list(probe=False)
+        except FailureError as exc:
+            log.warning("cannot list mounts for metrics", error=exc.message)
+            servers = []
+        sources = [(server.metrics_socket, {"volume_id": server.volume_id,
+                                            "bucket": server.bucket, **server.labels})
+                   for server in servers if server.metrics_socket]
+        if self._supervisor_metrics:
+            sources.append((self._supervisor_metrics, {}))
+        return sources
 
     # -- info ----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.observe import instrument_gcs
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -140,6 +141,7 @@ class GcsStore:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max_pool)
         self._client._http.mount("https://", adapter)
         self._client._http.mount("http://", adapter)
+        instrument_gcs(self._client._http)
         self._bucket = self._client.bucket(bucket)
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -48,6 +48,7 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.observe import instrument_s3
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -261,6 +262,7 @@ def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
     """The bucket's region from HeadBucket's x-amz-bucket-region (also sent with a 301)."""
     client = session.client("s3", region_name="us-east-1", endpoint_url=endpoint_url,
                             config=config)
+    instrument_s3(client)
     try:
         response = client.head_bucket(Bucket=bucket)
         headers = response["ResponseMetadata"]["HTTPHeaders"]
@@ -293,6 +295,7 @@ class S3Store:
                                       config=self._config, verify=verify)
         _install_fast_list(self._client)
         _apply_settings(self._client, settings)
+        instrument_s3(self._client)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:

@@ -44,6 +44,7 @@ class CsiProcess:
     mode: str = "all"
     node_id: str = "test-node"
     env: dict[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     _channel: grpc.Channel | None = None
 
@@ -79,7 +80,7 @@ class CsiProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "driver", "serve", f"--mode={self.mode}",
                  f"--endpoint={self.endpoint}", f"--node-id={self.node_id}",
-                 f"--state-dir={self.state_dir}", "--log-level=debug"],
+                 f"--state-dir={self.state_dir}", "--log-level=debug", *self.extra_args],
                 env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self._channel = grpc.insecure_channel(self.endpoint)
         wait_until(self._serving, 30, f"CSI server on {self.socket}")

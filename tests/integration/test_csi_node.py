@@ -36,6 +36,8 @@ from tests.integration.csi_support import (
     volume_context,
 )
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 
 @pytest.fixture
 def server() -> Iterator[CsiProcess]:

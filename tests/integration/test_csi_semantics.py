@@ -12,6 +12,8 @@ from driver.csi import csi_pb2
 from driver.devservers import SeaweedS3
 from tests.integration.csi_support import CsiProcess, csi_server, publish_request
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 
 @pytest.fixture
 def server() -> Iterator[CsiProcess]:

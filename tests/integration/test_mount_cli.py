@@ -7,6 +7,8 @@ import pytest
 from driver.devservers import free_port
 from driver.mounts import mountinfo
 
+pytestmark = pytest.mark.fuse
+
 
 def _run_mount(cli, seaweed, bucket, target, *flags, env=None, endpoint=None):
     return cli("mount", bucket, str(target), f"--endpoint-url={endpoint or seaweed.endpoint}",

@@ -14,9 +14,13 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from driver.devservers import wait_until
 from tests.perf.clients import Cloudbucket, unmount
 from tests.perf.instrumented import COUNTED
+
+pytestmark = pytest.mark.fuse
 
 FILES = 100
 SIZE = 4096

@@ -16,6 +16,8 @@ import pytest
 from tests.faults import FaultProxy
 from tests.helpers import mount_bucket
 
+pytestmark = pytest.mark.fuse
+
 MiB = 1024 * 1024
 
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
+import pytest
+
+pytestmark = pytest.mark.fuse
 
 MiB = 1024 * 1024
 
 
-def blobs(gcs, bucket: str) -> dict[str, bytes]:  # noqa: F811
+def blobs(gcs, bucket: str) -> dict[str, bytes]:
     return {blob.name: blob.download_as_bytes() for blob in gcs.list_blobs(bucket)
             if not blob.name.startswith("/")}
 
 
-def test_gcs_file_and_directory_rename(gcs, gcs_bucket, gcs_mount):  # noqa: F811
+def test_gcs_file_and_directory_rename(gcs, gcs_bucket, gcs_mount):
     bucket = gcs.bucket(gcs_bucket)
     big = os.urandom(20 * MiB + 7)
     bucket.blob("big.bin").upload_from_string(big)
@@ -32,7 +34,7 @@ def test_gcs_file_and_directory_rename(gcs, gcs_bucket, gcs_mount):  # noqa: F81
     assert (mnt / "dst/sub/deep/c").read_bytes() == b"333"
 
 
-def test_gcs_append_composes_old_and_new(gcs, gcs_bucket, gcs_mount):  # noqa: F811
+def test_gcs_append_composes_old_and_new(gcs, gcs_bucket, gcs_mount):
     bucket = gcs.bucket(gcs_bucket)
     cases = {"big.log": os.urandom(20 * MiB), "small.log": os.urandom(1024)}
     for key, data in cases.items():

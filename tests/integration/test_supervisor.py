@@ -39,6 +39,8 @@ from driver.options import MountOptions
 from driver.services import legacy
 from tests.integration.csi_support import CsiProcess, csi_server, publish_request
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 MiB = 1024 * 1024
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from driver.mounts import mountinfo
 
-pytestmark = [pytest.mark.bench_smoke, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bench_smoke, pytest.mark.fuse, pytest.mark.timeout(120)]
 
 READ_WORKLOADS = {"seq_read", "seq_read_dio", "seq_read_4", "rand_read", "ttfb"}
 
