@@ -14,12 +14,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from driver.credentials.source import Credentials
 from driver.devservers import SeaweedS3, wait_until
 from driver.mounts.protocol import MountRequest
 from driver.mounts.supervisor import Supervisor, SupervisorClient
 from driver.options import MountOptions
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
 MiB = 1024 * 1024
 
 

@@ -6,8 +6,6 @@ count of object GETs (zero), not a timing. Mounts use --direct-io so every read 
 filesystem (no page cache to drop).
 """
 
-# ruff: noqa: F811 - pytest fixtures imported from tests/gcs_fixtures.py are parameters here
-
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +24,10 @@ from driver.failures import FailureKind
 from driver.fs.cache import HEADER_SIZE, BlockCache, ObjectVersion
 from driver.volume import cache_dir, volume_spec
 from tests.counting_proxy import CountingProxy
-from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
 from tests.helpers import sha256_file
 
+# fuse: real mounts; root: a tmpfs for the full-disk case and /proc/sys/vm access.
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
 MiB = 1024 * 1024
 
 
