@@ -31,7 +31,15 @@ from driver.mounts.state import MountRecord, StateStore
 from driver.services import capabilities, legacy
 from driver.services.errors import CsiError, from_volume_error, invalid, require
 from driver.services.locks import KeyedLocks
-from driver.volume import VolumeError, VolumeSpec, is_ephemeral, volume_spec
+from driver.volume import (
+    CacheSettings,
+    VolumeError,
+    VolumeSpec,
+    is_ephemeral,
+    prune_cache_dirs,
+    volume_spec,
+    with_cache_dir,
+)
 
 log = structlog.get_logger()
 PROVISIONER_KEY_PREFIX = "storage.kubernetes.io/"
@@ -136,6 +144,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.state = state
         self.mounter = mounter
         self._supervisor_metrics = supervisor_metrics  # the daemon's own /metrics socket
+        self._cache = CacheSettings.from_env(os.environ)  # the chart's node.cache* values
         # Serializes every call that touches one volume id, and separately one target path
         # (two volumes must not race for the same path). Always taken volume first, then
         # target, so two calls can never wait on each other in a cycle.
@@ -168,7 +177,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 continue
             self.state.delete(record.target)
             cleaned += 1
+        self._prune_caches()
         return adopted, cleaned
+
+    def _prune_caches(self) -> None:
+        """Caches of volumes gone from this node (after the retention grace) are removed."""
+        if not self._cache.root:
+            return
+        live = [record.options.get("cache") for record in self.state.all()]
+        try:
+            removed = prune_cache_dirs(self._cache.root, live, self._cache.retention)
+        except OSError as exc:
+            log.warning("cannot prune caches", root=self._cache.root, error=str(exc))
+            return
+        if removed:
+            log.info("removed caches of volumes gone from this node", count=len(removed))
 
     def metrics_sources(self) -> list[tuple[str, dict[str, str]]]:
         """(metrics socket, labels) of every published mount, for the node's /metrics; plus
@@ -219,6 +242,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         try:
             spec = volume_spec(context_map, list(request.volume_capability.mount.mount_flags),
                                dict(request.secrets), readonly)
+            spec = with_cache_dir(spec, volume_id, self._cache)
         except VolumeError as exc:
             raise from_volume_error(exc) from None
         labels = {name: context_map[key] for name, key in
@@ -318,6 +342,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 raise CsiError(grpc.StatusCode.INTERNAL,
                                f"target_path {target}: cannot remove it after unmounting: "
                                f"{exc.strerror}") from None
+        self._prune_caches()
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def _stop(self, record: MountRecord, terminate: bool = False) -> None:
