@@ -1,26 +1,59 @@
-"""Command line: `cloudbucket-csi mount | serve | demo`. Parsing and dispatch only."""
+"""Command line: `cloudbucket-csi mount | serve | supervisor | demo`. Parsing and dispatch.
+
+`mount` is the standalone filesystem (like mountpoint-s3's `mount-s3`): it parses its flags
+once into `MountOptions`, then serves in this process (`--foreground`) or in a forked child
+in a new session, returning only once the child reported the mount live. A failure is one
+line on stderr and an exit status chosen by the failure's kind (`EXIT_STATUS`), never by
+its wording.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driver import __version__
 
 if TYPE_CHECKING:
+    from driver.failures import Failure, FailureKind
+    from driver.metrics import MetricsServer
     from driver.options import MountOptions
 
-READY_FD_ENV = "CLOUDBUCKET_READY_FD"
 CREDENTIALS_FILE_ENV = "CLOUDBUCKET_CREDENTIALS_FILE"
 
 
+def exit_status(kind: FailureKind) -> int:
+    """The one table from failure kinds to `mount`'s exit statuses (README: Exit status)."""
+    from driver.failures import FailureKind
+
+    return {
+        FailureKind.INVALID_OPTION: 2,
+        FailureKind.ACCESS_DENIED: 3,
+        FailureKind.BUCKET_NOT_FOUND: 4,
+        FailureKind.UNREACHABLE: 5,
+        FailureKind.BUSY: 6,
+        FailureKind.TIMEOUT: 7,
+    }.get(kind, 1)
+
+
 class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+    """A user-facing failure: printed as one line; the exit status comes from its kind."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _error(kind_name: str, message: str) -> CliError:
+    from driver.failures import Failure, FailureKind
+
+    return CliError(Failure(FailureKind(kind_name), message))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,10 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     add_option_arguments(mount)
     mount.add_argument("--foreground", "-f", action="store_true",
                        help="stay in the foreground")
-    mount.add_argument("--debug", action="store_true", help="debug logging")
+    mount.add_argument("--debug", "-d", action="store_true", help="debug logging")
     mount.add_argument("--log-file", help="where the background server logs (default: none)")
+    # mount-s3's logging flags, with their meaning here:
+    mount.add_argument("--log-directory", "-l", metavar="DIR",
+                       help="write the log to a new file in DIR (like mount-s3)")
+    mount.add_argument("--no-log", action="store_true", help="no logging at all")
+    mount.add_argument("--debug-crt", action="store_true",
+                       help="accepted for mount-s3 compatibility; no effect (no AWS CRT here)")
     mount.add_argument("--credentials-file", default=os.environ.get(CREDENTIALS_FILE_ENV),
                        help="0600 JSON credentials file written by the node plugin")
+    mount.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics for this mount on HOST:PORT "
+                       "(or unix:PATH for a UNIX socket)")
 
     serve = commands.add_parser("serve", allow_abbrev=False, help="run the CSI gRPC server")
     serve.add_argument("--mode", choices=("node", "controller", "all"), default="all")
@@ -48,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", default=os.environ.get("NODE_ID", ""))
     serve.add_argument("--state-dir", default="/var/lib/cloudbucket-csi")
     serve.add_argument("--log-level", default=os.environ.get("CLOUDBUCKET_LOG_LEVEL", "info"))
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics on HOST:PORT (the node plugin adds "
+                       "every live mount's metrics, labelled by volume and pod)")
+
+    supervisor = commands.add_parser(
+        "supervisor", allow_abbrev=False,
+        help="run the mount supervisor as a daemon (the chart's mounter container)")
+    supervisor.add_argument("--socket", required=True, help="unix socket to listen on (0600)")
+    supervisor.add_argument("--state-dir", required=True, help="records, credentials, logs")
+    supervisor.add_argument("--allowed-root", default=None,
+                            help="only targets below this directory are mounted")
+    supervisor.add_argument("--log-level",
+                            default=os.environ.get("CLOUDBUCKET_LOG_LEVEL", "info"))
 
     demo = commands.add_parser("demo", help="mount a seeded local SeaweedFS bucket and use it")
     demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
@@ -83,13 +138,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "mount":
-            log.configure("debug" if args.debug else "info")
+            # --no-log: a level above every level, so nothing is logged at all
+            log.configure(100 if args.no_log else "debug" if args.debug else "info")
             return _mount(args)
         if args.command == "serve":
             log.configure(args.log_level)
-            from driver.server import run_server
+            from driver.server import ServeError, run_server
 
-            return run_server(args)
+            try:
+                return run_server(args)
+            except ServeError as exc:
+                raise _error("invalid_option", str(exc)) from None
+        if args.command == "supervisor":
+            log.configure(args.log_level)
+            from driver.mounts.supervisor import run_daemon
+
+            return run_daemon(args.socket, Path(args.state_dir),
+                              Path(args.allowed_root) if args.allowed_root else None)
         if args.command == "demo":
             log.configure("warning")
             from driver.demo import run_demo
@@ -97,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo()
     except CliError as exc:
         print(f"cloudbucket-csi: error: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc.failure.kind)
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)  # pragma: no cover
@@ -106,110 +171,137 @@ def main(argv: list[str] | None = None) -> int:
 def _check_mountpoint(path: str) -> None:
     try:
         if not Path(path).is_dir():
-            raise CliError(f"mountpoint {path} is not a directory")
+            raise _error("invalid_option", f"mountpoint {path} is not a directory")
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise CliError(f"mountpoint {path} is a dead mount (transport endpoint is not "
-                           "connected): unmount it first") from None
-        raise CliError(f"mountpoint {path}: {exc.strerror}") from None
+            raise _error("busy", f"mountpoint {path} is a dead mount (transport endpoint is "
+                         "not connected): unmount it first") from None
+        raise _error("invalid_option", f"mountpoint {path}: {exc.strerror}") from None
     if os.path.ismount(path):
-        raise CliError(f"mountpoint {path} is busy: something is already mounted there")
+        raise _error("busy", f"mountpoint {path} is busy: something is already mounted there")
+
+
+def _logging_flags(args: argparse.Namespace) -> None:
+    """mount-s3's --log-directory/--no-log/--debug-crt, turned into our --log-file."""
+    if args.no_log:
+        for name in ("debug", "debug_crt", "log_directory", "log_file"):
+            if getattr(args, name):
+                raise _error("invalid_option", "--no-log cannot be combined with "
+                             f"--{name.replace('_', '-')}")
+        return
+    if args.debug_crt:
+        print("cloudbucket-csi: --debug-crt has no effect: this client does not use the AWS "
+              "Common Runtime", file=sys.stderr)
+        args.debug_crt = False
+    if args.log_directory:
+        if args.log_file:
+            raise _error("invalid_option", "--log-directory cannot be combined with --log-file")
+        directory = Path(args.log_directory)
+        if not directory.is_dir():
+            raise _error("invalid_option", f"--log-directory {directory} is not a directory")
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+        args.log_file = str(directory / f"cloudbucket-{stamp}-{os.getpid()}.log")
+        args.log_directory = None
 
 
 def _mount(args: argparse.Namespace) -> int:
     from driver.options import OptionError, validate_bucket
 
+    _logging_flags(args)
     try:
         options = options_from_namespace(args)
         validate_bucket(args.bucket)
     except OptionError as exc:
-        raise CliError(f"invalid option --{exc}") from None
-    _check_mountpoint(args.mountpoint)
-    if not args.foreground:
-        return _spawn_background(args)
-    return _serve_mount(args, options)
+        raise _error("invalid_option", f"invalid option --{exc}") from None
+    if args.metrics_address and not args.metrics_address.startswith("unix:"):
+        from driver.metrics import parse_address
 
-
-def _spawn_background(args: argparse.Namespace) -> int:
-    """Re-run ourselves in the foreground in a new session; wait until it says ready."""
-    read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "driver", "mount", *_reconstruct(args), "--foreground"]
-    env = {**os.environ, READY_FD_ENV: str(write_fd)}
-    log_target = open(args.log_file, "ab") if args.log_file else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                                 stdout=log_target, stderr=log_target, start_new_session=True)
-    finally:
-        os.close(write_fd)
-        if log_target is not subprocess.DEVNULL:
-            log_target.close()
-    with os.fdopen(read_fd, "rb") as pipe:
-        message = pipe.read().decode(errors="replace").strip()
-    if message == "ready":
-        return 0
-    child.wait()
-    raise CliError(message or f"mount server exited with status {child.returncode}")
-
-
-def _reconstruct(args: argparse.Namespace) -> list[str]:
-    argv = [args.bucket, args.mountpoint, *options_from_namespace(args).to_args()]
-    if args.debug:
-        argv.append("--debug")
-    if args.log_file:
-        argv.append(f"--log-file={args.log_file}")
-    if args.credentials_file:
-        argv.append(f"--credentials-file={args.credentials_file}")
-    return argv
-
-
-def _serve_mount(args: argparse.Namespace, options: object) -> int:
-    from driver.connect import open_store
-    from driver.credentials.source import Credentials, CredentialsError
-    from driver.fs.mount import serve
-    from driver.options import MountOptions
-    from driver.store import StoreError
-
-    assert isinstance(options, MountOptions)
-    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
-
-    def ready(error: str | None) -> None:
-        nonlocal ready_fd
-        if ready_fd >= 0:
-            os.write(ready_fd, b"ready" if error is None else error.encode())
-            os.close(ready_fd)
-            ready_fd = -1
-        elif error is not None:
-            print(f"cloudbucket-csi: error: {error}", file=sys.stderr)
-
-    credentials = Credentials()
-    if args.credentials_file:
         try:
-            credentials = Credentials.from_json(Path(args.credentials_file).read_text())
-        except (OSError, ValueError, TypeError) as exc:
-            ready(f"cannot read credentials file {args.credentials_file}: "
-                  f"{type(exc).__name__}")
+            parse_address(args.metrics_address)
+        except ValueError as exc:
+            raise _error("invalid_option", f"invalid option --metrics-address: {exc}") \
+                from None
+    if options.max_cache_size is not None and options.cache is None:
+        raise _error("invalid_option", "invalid option --max-cache-size: needs --cache DIR")
+    if options.cache is not None:  # absolute: the server outlives this command's cwd
+        options = dataclasses.replace(options, cache=os.path.abspath(options.cache))
+    _check_mountpoint(args.mountpoint)
+    if args.foreground:
+        return _serve(args, options, _print_failure)
+    return _serve_in_background(args, options)
+
+
+def _print_failure(failure: Failure | None) -> None:
+    if failure is not None:
+        print(f"cloudbucket-csi: error: {failure.message}", file=sys.stderr)
+
+
+def _serve_in_background(args: argparse.Namespace, options: MountOptions) -> int:
+    """Fork a server in a new session; return once it says the mount is live."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server: its own session, outliving this command
+        status = 1
+        try:
+            os.close(read_fd)
+            os.setsid()
+            _redirect_output(args.log_file)
+            from driver.failures import pipe_reporter
+
+            status = _serve(args, options, pipe_reporter(write_fd))
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    from driver.failures import parse_report
+
+    failure = parse_report(data)
+    if failure is None:
+        return 0
+    os.waitpid(pid, 0)
+    raise CliError(failure)
+
+
+def _redirect_output(log_file: str | None) -> None:
+    target = os.open(log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    os.close(target)
+    os.close(null)
+
+
+def _serve(args: argparse.Namespace, options: MountOptions,
+           report: object) -> int:
+    from driver import fuseserver
+
+    fsname = f"cloudbucket:{args.bucket}/{options.prefix}"
+    address: str | None = args.metrics_address
+    if address and address.startswith("unix:"):  # as the supervisor's servers do
+        return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
+                              args.credentials_file, report,  # type: ignore[arg-type]
+                              metrics_socket=address.removeprefix("unix:"))
+    metrics_server = None
+    if address:
+        from driver.failures import Failure, FailureKind
+
+        try:
+            metrics_server = _serve_metrics_tcp(address)
+        except OSError as exc:
+            report(Failure(FailureKind.INVALID_OPTION,  # type: ignore[operator]
+                           f"cannot serve metrics on {address}: {exc.strerror or exc}"))
             return 1
     try:
-        store = open_store(args.bucket, options, credentials, args.credentials_file)
-        store.check_bucket()
-    except (StoreError, CredentialsError) as exc:
-        ready(describe_store_error(exc, args.bucket, options.endpoint_url))
-        return 1
-    fsname = f"cloudbucket:{args.bucket}/{options.prefix}"
-    status = serve(store, options, args.mountpoint, fsname, ready)
-    if ready_fd >= 0:
-        ready("mount server stopped before the mount was live")
-    return status
+        return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
+                              args.credentials_file, report)  # type: ignore[arg-type]
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
 
 
-def describe_store_error(exc: Exception, bucket: str, endpoint: str | None) -> str:
-    """One line that says what is wrong with a bucket/credentials/endpoint combination."""
-    from driver.store import AccessDenied, BucketNotFound, EndpointUnreachable
+def _serve_metrics_tcp(address: str) -> MetricsServer:
+    from driver import metrics
 
-    if isinstance(exc, BucketNotFound):
-        return f"bucket {bucket} does not exist"
-    if isinstance(exc, AccessDenied):
-        return f"access to bucket {bucket} denied: check the credentials ({exc})"
-    if isinstance(exc, EndpointUnreachable):
-        return f"cannot reach the endpoint {endpoint or 'of the store'}: {exc}"
-    return f"cannot use bucket {bucket}: {exc}"
+    return metrics.serve_metrics_tcp(*metrics.parse_address(address))

@@ -74,6 +74,9 @@ class SeaweedS3:
     access_key: str = "cloudbucket-test-key"
     secret_key: str = "cloudbucket-test-secret"
     iam_config: dict | None = None
+    # `-s3.config` identities (e.g. an "anonymous" identity with Read/List for public
+    # buckets); the server's own access/secret key pair is added to them as Admin.
+    identities: list[dict] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="seaweed-")))
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -111,6 +114,13 @@ class SeaweedS3:
             iam_path = self.workdir / "iam.json"
             iam_path.write_text(json.dumps(self.iam_config))
             args.append(f"-s3.iam.config={iam_path}")
+        if self.identities is not None:
+            admin = {"name": "admin", "credentials": [
+                {"accessKey": self.access_key, "secretKey": self.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+            config_path = self.workdir / "s3.json"
+            config_path.write_text(json.dumps({"identities": [admin, *self.identities]}))
+            args.append(f"-s3.config={config_path}")
         env = {
             **os.environ,
             "AWS_ACCESS_KEY_ID": self.access_key,

@@ -10,6 +10,9 @@ a failure means from its wording.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,7 +27,9 @@ class FailureKind(StrEnum):
     BUCKET_NOT_FOUND = "bucket_not_found"
     UNREACHABLE = "unreachable"  # endpoint (or the supervisor) cannot be reached
     INVALID_OPTION = "invalid_option"  # a request or option the server refuses
-    BUSY = "busy"  # the target is in use: mounted already, or still finishing uploads
+    BUSY = "busy"  # the target is in use: something else is mounted there
+    PENDING = "pending"  # unmounted, but the server is still finishing uploads: retry
+    NOT_MOUNTED = "not_mounted"  # no server serves that target
     TIMEOUT = "timeout"  # a server did not become ready in time
     FAILED = "failed"  # anything else
 
@@ -79,3 +84,38 @@ class FailureError(Exception):
     @property
     def message(self) -> str:
         return self.failure.message
+
+
+# A server's one report (ready, or why not) through a pipe, read by whoever started it.
+
+
+def pipe_reporter(fd: int) -> Callable[[Failure | None], None]:
+    """Report through a pipe as one JSON line: {"ready": true} or {"failure": {...}}."""
+    state = {"fd": fd}
+
+    def report(failure: Failure | None) -> None:
+        if state["fd"] < 0:
+            return
+        message = {"ready": True} if failure is None else {"failure": failure.to_dict()}
+        try:
+            os.write(state["fd"], json.dumps(message).encode() + b"\n")
+        finally:
+            os.close(state["fd"])
+            state["fd"] = -1
+
+    return report
+
+
+def parse_report(data: bytes) -> Failure | None:
+    """The inverse of `pipe_reporter`: None for ready; a Failure otherwise (EOF included)."""
+    text = data.decode(errors="replace").strip()
+    if not text:
+        return Failure(FailureKind.FAILED, "the FUSE server exited before reporting")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return Failure(FailureKind.FAILED, "the FUSE server sent an unreadable report")
+    if isinstance(message, dict) and message.get("ready") is True:
+        return None
+    failure = message.get("failure") if isinstance(message, dict) else None
+    return Failure.from_dict(failure if isinstance(failure, dict) else {})

@@ -113,6 +113,69 @@ def _parse_threads(text: str) -> int:
     return value
 
 
+def _cache_dir(text: str) -> str:
+    if not text.strip() or "\0" in text:
+        raise ValueError("must be a directory path")
+    return text
+
+
+def _cache_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive number of MiB")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
+def _account_id(text: str) -> str:
+    if not re.fullmatch(r"\d{12}", text.strip()):
+        raise ValueError(f"must be a 12-digit AWS account id, got {text!r}")
+    return text.strip()
+
+
+def _interfaces(text: str) -> tuple[str, ...]:
+    names = tuple(name for name in re.split(r"[\s:]+", text.strip()) if name)
+    if not names:
+        raise ValueError("must name a network interface")
+    if len(names) > 1:
+        raise ValueError("only one network interface is supported (sockets are bound to it "
+                         "with SO_BINDTODEVICE)")
+    if any(len(name) > 15 or "/" in name for name in names):
+        raise ValueError(f"{text!r} is not a network interface name")
+    return names
+
+
+def _bucket_type(text: str) -> str:
+    if text == "directory":
+        raise ValueError("S3 Express One Zone directory buckets are not supported: they "
+                         "need session-based auth (CreateSession) that this driver lacks")
+    if text != "general-purpose":
+        raise ValueError(f"must be general-purpose or directory, got {text!r}")
+    return text
+
+
+def _refuse(reason: str) -> Callable[[str], Any]:
+    """The parser of a mount-s3 option that cannot apply here: always refused, with why."""
+
+    def parse(text: str) -> Any:
+        raise ValueError(reason)
+
+    return parse
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -184,6 +247,28 @@ class MountOptions:
     # Upper bound (seconds) on one store operation, retries included; a stalled request
     # is abandoned after a fraction of it and retried while time remains.
     request_timeout: float = 60.0
+    cache: str | None = None  # block cache directory (fs/cache.py); None: no cache
+    max_cache_size: int | None = None  # MiB; None: keep 5% of the cache's disk free
+    # Beyond mountpoint-s3's semantics, each opt-in (README "semantics"):
+    allow_rename: bool = False  # rename by server-side copy + delete
+    rename_dir_limit: int = 1000  # most objects a directory rename moves (gcsfuse's name)
+    incremental_upload: bool = False  # O_APPEND on an existing object appends
+    ignore_chmod: bool = False  # chmod/chown succeed and change nothing
+    # mount-s3 flags of the store client:
+    no_sign_request: bool = False  # anonymous requests (public buckets); no credentials
+    ca_bundle: str | None = None  # PEM file of the CAs to trust for the endpoint's TLS
+    profile: str | None = None  # a profile of the AWS config/credentials files
+    expected_bucket_owner: str | None = None  # x-amz-expected-bucket-owner on every request
+    transfer_acceleration: bool = False
+    dual_stack: bool = False
+    user_agent_prefix: str | None = None
+    bind: tuple[str, ...] = ()  # network interface the store connections are bound to
+    maximum_throughput_gbps: int | None = None  # sizes max_threads when that is not given
+    bucket_type: str = "general-purpose"
+    # mount-s3 flags of the filesystem:
+    auto_unmount: bool = False  # the kernel unmounts when the server exits (fusermount3)
+    infer_content_type: bool = False  # Content-Type of new objects from their names
+    log_metrics: bool = False  # log a summary of store requests periodically
 
     @property
     def addressing_path_style(self) -> bool:
@@ -207,8 +292,9 @@ class MountOptions:
             self.negative_metadata_ttl
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (infinite TTLs as the string "inf")."""
-        return {name: ("inf" if isinstance(value, float) and math.isinf(value) else value)
+        """JSON-ready fields (infinite TTLs as the string "inf", tuples as lists)."""
+        return {name: ("inf" if isinstance(value, float) and math.isinf(value) else
+                       list(value) if isinstance(value, tuple) else value)
                 for name, value in dataclasses.asdict(self).items()}
 
     @classmethod
@@ -219,7 +305,8 @@ class MountOptions:
         for name, value in data.items():
             if name not in known:
                 raise OptionError(name, "unknown mount option field")
-            values[name] = math.inf if value == "inf" else value
+            values[name] = math.inf if value == "inf" else \
+                tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
     def to_args(self) -> list[str]:
@@ -228,6 +315,8 @@ class MountOptions:
         args: list[str] = []
         defaults = MountOptions()
         for spec in OPTION_SPECS.values():
+            if spec.alias_of or not hasattr(defaults, spec.attr):
+                continue  # an alias, or a refused option with no field
             value = getattr(self, spec.attr)
             if value == getattr(defaults, spec.attr):
                 continue
@@ -251,10 +340,15 @@ class OptionSpec:
     flag: bool = False  # a switch: present means true
     help: str = ""
     render: Callable[[Any], str] = str
+    alias_of: tuple[str, ...] = ()  # sets these options instead of a field of its own
 
     @property
     def attr(self) -> str:
         return self.name.replace("-", "_")
+
+
+def _join(value: tuple[str, ...]) -> str:
+    return ":".join(value)
 
 
 def _ttl_text(value: float) -> str:
@@ -294,6 +388,49 @@ OPTION_SPECS: dict[str, OptionSpec] = {
                    help="MiB of part data (reads and writes) the mount may hold"),
         OptionSpec("request-timeout", _request_timeout,
                    help="seconds one store operation may take, retries included"),
+        OptionSpec("cache", _cache_dir, help="cache object data in this local directory"),
+        OptionSpec("max-cache-size", _cache_size,
+                   help="MiB the cache may hold (default: keep 5 percent of its disk free)"),
+        OptionSpec("allow-rename", _parse_bool, flag=True,
+                   help="allow rename (server-side copy, then delete)"),
+        OptionSpec("rename-dir-limit", _count,
+                   help="most objects a directory rename may move (1000)"),
+        OptionSpec("incremental-upload", _parse_bool, flag=True,
+                   help="O_APPEND opens of existing objects append"),
+        OptionSpec("ignore-chmod", _parse_bool, flag=True,
+                   help="chmod/chown succeed and change nothing"),
+        OptionSpec("no-sign-request", _parse_bool, flag=True,
+                   help="do not sign requests (public buckets; no credentials are loaded)"),
+        OptionSpec("ca-bundle", _nonempty, help="PEM file of CAs to trust for the endpoint"),
+        OptionSpec("profile", _nonempty, help="profile of the AWS config/credentials files"),
+        OptionSpec("expected-bucket-owner", _account_id,
+                   help="account id the bucket must belong to"),
+        OptionSpec("part-size", _part_size, help="sets both --read-part-size and "
+                   "--write-part-size", alias_of=("read-part-size", "write-part-size")),
+        OptionSpec("auto-unmount", _parse_bool, flag=True,
+                   help="unmount automatically when the server exits"),
+        OptionSpec("infer-content-type", _parse_bool, flag=True,
+                   help="set Content-Type of new objects from their file names"),
+        OptionSpec("user-agent-prefix", _nonempty, help="prepended to the User-Agent header"),
+        OptionSpec("transfer-acceleration", _parse_bool, flag=True,
+                   help="use S3 Transfer Acceleration endpoints"),
+        OptionSpec("dual-stack", _parse_bool, flag=True, help="use dual-stack (IPv6) endpoints"),
+        OptionSpec("bind", _interfaces, help="network interface for store connections",
+                   render=_join),
+        OptionSpec("maximum-throughput-gbps", _positive,
+                   help="target throughput; sizes --max-threads when that is not given"),
+        OptionSpec("log-metrics", _parse_bool, flag=True,
+                   help="log a summary of store requests every minute"),
+        OptionSpec("bucket-type", _bucket_type, help="general-purpose (directory: refused)"),
+        OptionSpec("cache-xz", _refuse(
+            "S3 Express One Zone caches are not supported: directory buckets need "
+            "session-based auth (CreateSession) that this driver lacks"),
+            help="refused: S3 Express One Zone cache"),
+        OptionSpec("otlp-endpoint", _refuse(
+            "OTLP export is not built in: metrics are served by the node plugin's "
+            "Prometheus endpoint (and --log-metrics logs them)"), help="refused: OTLP"),
+        OptionSpec("otlp-export-interval", _refuse(
+            "OTLP export is not built in (see otlp-endpoint)"), help="refused: OTLP"),
     )
 }
 
@@ -303,13 +440,43 @@ def check_combination(options: MountOptions) -> MountOptions:
         raise OptionError("sse-kms-key-id", "requires sse=aws:kms or sse=aws:kms:dsse")
     if options.allow_other and options.allow_root:
         raise OptionError("allow-root", "cannot be combined with allow-other")
+    if options.provider == "gcs":
+        for name in ("transfer-acceleration", "dual-stack", "expected-bucket-owner", "profile"):
+            if getattr(options, name.replace("-", "_")):
+                raise OptionError(name, "is an S3 option; it has no meaning with provider gcs")
+    if options.transfer_acceleration and options.endpoint_url:
+        raise OptionError("transfer-acceleration", "applies to AWS S3 only, not with "
+                          "endpoint-url")
+    if options.no_sign_request and options.profile:
+        raise OptionError("profile", "cannot be combined with no-sign-request (no "
+                          "credentials are loaded)")
     return options
+
+
+# About how many bytes per second one worker thread moves with 8-16 MiB parts: sizes
+# --max-threads from --maximum-throughput-gbps (mount-s3's 10 Gb/s default -> 16 threads).
+THREAD_BYTES_PER_SECOND = 80 * MiB
+
+
+def _expand(values: Mapping[str, str | bool]) -> dict[str, str | bool]:
+    """Aliases (part-size) become the options they set; conflicts are refused."""
+    expanded = dict(values)
+    for name, raw in values.items():
+        spec = OPTION_SPECS.get(name)
+        if spec is None or not spec.alias_of:
+            continue
+        for target in spec.alias_of:
+            if target in values:
+                raise OptionError(name, f"cannot be combined with {target}")
+            expanded[target] = raw
+        del expanded[name]
+    return expanded
 
 
 def parse_option_values(values: Mapping[str, str | bool]) -> MountOptions:
     """Build MountOptions from {option-name: text-or-True}; unknown names are refused."""
     fields: dict[str, Any] = {}
-    for name, raw in values.items():
+    for name, raw in _expand(values).items():
         spec = OPTION_SPECS.get(name)
         if spec is None:
             raise OptionError(name, "unknown mount option")
@@ -317,6 +484,10 @@ def parse_option_values(values: Mapping[str, str | bool]) -> MountOptions:
             fields[spec.attr] = True if raw is True else spec.parse(str(raw))
         except ValueError as exc:
             raise OptionError(name, str(exc).removeprefix("invalid literal for int() ")) from None
+    gbps = fields.get("maximum_throughput_gbps")
+    if gbps is not None and "max_threads" not in fields:
+        threads = math.ceil(gbps * 1e9 / 8 / THREAD_BYTES_PER_SECOND)
+        fields["max_threads"] = max(1, min(256, threads))
     return check_combination(MountOptions(**fields))
 
 

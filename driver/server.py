@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from driver import metrics
 from driver.csi import csi_pb2_grpc
 from driver.services.errors import CsiError
 
 log = structlog.get_logger()
+MOUNTER_SOCKET_ENV = "CLOUDBUCKET_MOUNTER_SOCKET"  # set by the chart: the mounter daemon
 
 GRACE_SECONDS = 30.0
 QUIET_METHODS = frozenset({"Probe", "Check", "Watch", "GetPluginInfo",
@@ -81,6 +83,8 @@ class CsiInterceptor(grpc.ServerInterceptor):
                 message = f"internal error in {method}: {type(exc).__name__}: {exc}"
                 log.exception("unexpected error", method=method, **_fields(request))
             finally:
+                metrics.CSI_REQUESTS.labels(method, code.name).inc()
+                metrics.CSI_REQUEST_SECONDS.labels(method).observe(time.monotonic() - started)
                 level = "debug" if method in QUIET_METHODS and code is grpc.StatusCode.OK \
                     else "info" if code is grpc.StatusCode.OK else "warning"
                 getattr(log, level)("grpc request", method=method, code=code.name,
@@ -109,10 +113,13 @@ class CsiServer:
     health: health.HealthServicer
     socket: str
     node: Any = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for close in reversed(self.closers):  # mounts keep serving
+            close()
         if os.path.exists(self.socket) and stat.S_ISSOCK(os.stat(self.socket).st_mode):
             os.unlink(self.socket)
 
@@ -128,21 +135,29 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
                                                     thread_name_prefix="csi"),
                          interceptors=[CsiInterceptor()])
     node = None
+    closers: list[Callable[[], None]] = []  # last first, when the server stops
     if serve_node:
-        from driver.mounts.process import FuseProcessMounter
-        from driver.mounts.remote import MOUNTER_SOCKET_ENV, RemoteMounter
         from driver.mounts.state import StateStore
+        from driver.mounts.supervisor import Supervisor, SupervisorClient, metrics_socket_of
         from driver.services.node import NodeService
 
         state_path = Path(state_dir)
-        # With a mounter daemon (the chart's mounter DaemonSet), it owns the FUSE servers;
-        # otherwise this process starts them itself, each in its own session.
+        # With the chart's mounter daemon, the supervisor runs there and owns the FUSE
+        # servers; otherwise it runs in this process. Either way the node service reaches
+        # it through its socket and the same typed protocol.
         mounter_socket = os.environ.get(MOUNTER_SOCKET_ENV)
-        mounter = (RemoteMounter(mounter_socket) if mounter_socket
-                   else FuseProcessMounter(state_path))
-        log.info("mounter", kind="daemon" if mounter_socket else "process",
-                 socket=mounter_socket)
-        node = NodeService(node_id, StateStore(state_path / "volumes"), mounter)
+        if mounter_socket:
+            client = SupervisorClient(mounter_socket)
+        else:
+            from driver.events import event_recorder
+
+            supervisor = Supervisor(state_path / "supervisor", events=event_recorder(node_id))
+            closers.append(supervisor.close)
+            client = SupervisorClient.in_process(supervisor)
+        log.info("supervisor", socket=mounter_socket or "in-process")
+        node = NodeService(node_id, StateStore(state_path / "volumes"), client,
+                           supervisor_metrics=metrics_socket_of(mounter_socket)
+                           if mounter_socket else None)
         adopted, cleaned = node.recover()
         log.info("node state recovered", adopted=adopted, cleaned=cleaned)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
@@ -166,19 +181,42 @@ def build_server(mode: str, socket: str, node_id: str = "", state_dir: str | Pat
     if os.path.exists(socket) and stat.S_ISSOCK(os.stat(socket).st_mode):
         os.unlink(socket)  # left by a previous run that was killed
     server.add_insecure_port(f"unix://{socket}")
-    return CsiServer(server, health_servicer, socket, node)
+    return CsiServer(server, health_servicer, socket, node, closers)
+
+
+class ServeError(ValueError):
+    """A configuration `serve` cannot start with (the CLI prints it as one line)."""
+
+
+def _serve_metrics(args: argparse.Namespace, node: Any) -> metrics.MetricsServer:
+    """/metrics of this plugin: CSI calls, the supervisor's counters, and (node) every live
+    mount's samples labelled with its volume id, bucket and pod. The live mounts are the
+    supervisor's records, so a volume's samples are gone once it is unpublished."""
+    from driver.events import event_recorder, increase_reporter
+
+    try:
+        host, port = metrics.parse_address(args.metrics_address)
+    except ValueError as exc:
+        raise ServeError(f"invalid option --metrics-address: {exc}") from None
+    recorder = event_recorder(args.node_id) if node is not None else None
+    try:
+        return metrics.serve_plugin_metrics(
+            host, port, list_mounts=node.metrics_sources if node is not None else None,
+            on_increase=increase_reporter(recorder) if recorder else None,
+            poll_interval=30 if recorder else None)
+    except OSError as exc:
+        raise ServeError(f"cannot serve metrics on {args.metrics_address}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status."""
-    from driver.cli import CliError
-
     if args.mode in ("node", "all") and not args.node_id:
-        raise CliError("--node-id (or NODE_ID) is required for --mode node and all")
+        raise ServeError("--node-id (or NODE_ID) is required for --mode node and all")
     try:
         socket = socket_path(args.endpoint)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise ServeError(str(exc)) from None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -188,11 +226,14 @@ def run_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     csi = build_server(args.mode, socket, args.node_id, args.state_dir)
+    metrics_server = _serve_metrics(args, csi.node) if args.metrics_address else None
     csi.server.start()
     log.info("serving", mode=args.mode, endpoint=args.endpoint, node_id=args.node_id,
              state_dir=args.state_dir)
     while not stop.wait(1.0):
         pass
     csi.stop(GRACE_SECONDS)
+    if metrics_server is not None:
+        metrics_server.close()
     log.info("stopped")
     return 0

@@ -375,12 +375,18 @@ def node_mounts(settings: Settings) -> list[tuple[str, str]]:
 
 
 def node_fuse_servers(settings: Settings) -> list[str]:
-    """Command lines of the `cloudbucket-csi mount` processes on the node."""
+    """The FUSE servers on the node: processes forked from the supervisor's zygote (they
+    carry its command line) that run as a UID of the reserved range (the zygote is root)."""
     out = node_run(settings, "sh", "-c",
-                   "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done")
-    # The mounter starts `python -m driver mount ...`; the CLI is `cloudbucket-csi mount ...`.
-    return [line for line in out.splitlines()
-            if "cloudbucket-csi mount " in line or "-m driver mount " in line]
+                   "for d in /proc/[0-9]*; do u=$(awk '/^Uid:/{print $2}' $d/status "
+                   "2>/dev/null); c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null); "
+                   "echo \"$u $c\"; done")
+    servers = []
+    for line in out.splitlines():
+        uid, _, cmdline = line.partition(" ")
+        if "driver.mounts.zygote" in cmdline and uid.isdigit() and 65536 <= int(uid) < 131072:
+            servers.append(cmdline)
+    return servers
 
 
 @contextlib.contextmanager

@@ -1,11 +1,15 @@
 # Benchmarks (tests/perf): our mount vs s3fs-fuse, rclone mount and raw boto3 on SeaweedFS.
-# `make bench` runs every workload with 1 GiB objects, 3 runs each (about 15 minutes on 2
-# cores); BENCH_ARGS adds flags, e.g. `make bench BENCH_ARGS="--size-mib 256 --repeat 1"`.
+# `make bench` runs every workload with 1 GiB objects against s3fs and boto3, 5 interleaved
+# runs each (about 15 minutes on 2 cores). It refuses to start on a busy machine (load > 0.5,
+# another FUSE mount, a test server running); BENCH_ARGS adds flags, e.g.
+# `make bench BENCH_ARGS="--size-mib 256 --repeat 1"`, or `--force` to run anyway, or
+# `--peers all` to add rclone.
 BENCH_ARGS ?=
 BENCH_OUT ?= bench-results.json
 BENCH := $(PY) -m tests.perf.bench --out $(BENCH_OUT)
 
-.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile
+.PHONY: bench-deps bench bench-read bench-write bench-meta bench-small bench-quick bench-profile \
+	bench-mount bench-cache
 
 bench-deps: install
 	@$(MAKE) --no-print-directory install-peers
@@ -22,6 +26,11 @@ bench-write: bench-deps
 bench-meta: bench-deps
 	$(BENCH) --only meta,small $(BENCH_ARGS)
 
+# The local cache (issue 14): second passes from --cache, against the first and raw GETs;
+# rand_read is included for the cached-vs-uncached random-read target.
+bench-cache: bench-deps
+	$(BENCH) --only cache,rand_read $(BENCH_ARGS)
+
 # A few minutes: 64 MiB objects, one run each, short random reads, 1,000-entry listing.
 bench-quick: bench-deps
 	$(BENCH) --quick --size-mib 64 --repeat 1 $(BENCH_ARGS)
@@ -30,3 +39,8 @@ bench-quick: bench-deps
 bench-profile: bench-deps
 	$(PY) -m pip install -q py-spy
 	$(BENCH) --profile bench-profile $(BENCH_ARGS)
+
+# NodePublishVolume -> live mount (20 publishes) beside s3fs/rclone mount times, and the PSS
+# of 50 idle mounts (issue 11's targets). Refuses a loaded machine unless BENCH_ARGS=--force.
+bench-mount: bench-deps
+	$(PY) -m tests.perf.bench_mount $(BENCH_ARGS)

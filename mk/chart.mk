@@ -17,7 +17,8 @@ DOCKER_DATA := $(CACHE)/docker
 DOCKER_SOCK := $(CACHE)/docker.sock
 DOCKER := docker -H unix://$(DOCKER_SOCK)
 
-TEST_DEPS += tools-helm
+# The chart and e2e-static unit tests render the chart with helm.
+UNIT_DEPS += tools-helm
 
 .PHONY: tools-helm manifests chart-check image image-smoke dockerd-start dockerd-stop base-image
 
@@ -57,10 +58,14 @@ dockerd-start:
 	  $(DOCKER) info >/dev/null || { tail -20 $(CACHE)/dockerd.log; exit 1; }; \
 	fi
 
+# Stops the dockerd that dockerd-start started (by its pidfile). A variable, not only a
+# target, so other recipes can run it without a recursive make (`make -n` runs those).
+DOCKERD_STOP = if [ -f $(CACHE)/dockerd.pid ]; then pid=$$(cat $(CACHE)/dockerd.pid); \
+	  kill $$pid || true; for i in $$(seq 30); do kill -0 $$pid 2>/dev/null || break; \
+	  sleep 1; done; fi; umount $(CACHE)/docker-exec/netns/default 2>/dev/null || true
+
 dockerd-stop:
-	@if [ -f $(CACHE)/dockerd.pid ]; then pid=$$(cat $(CACHE)/dockerd.pid); kill $$pid || true; \
-	  for i in $$(seq 30); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; fi
-	@umount $(CACHE)/docker-exec/netns/default 2>/dev/null || true
+	@$(DOCKERD_STOP)
 
 base-image: dockerd-start
 	@if ! $(DOCKER) image inspect $(BASE_IMAGE_NAME) >/dev/null 2>&1; then \

@@ -8,12 +8,12 @@
 
 CSI_SPEC_VERSION := v1.13.0
 # Pinned csi-test release (the newest v5 when this was written; overrides the Makefile's
-# default); `make test` builds it.
+# default); `make test` and `make test-integration` build it.
 CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(GOBIN)/csi-sanity
 CSI_DIR := driver/csi
 
-TEST_DEPS += $(CSI_SANITY)
+INTEGRATION_DEPS += $(CSI_SANITY)
 
 .PHONY: csi-proto csi-stubs csi-sanity test-csi
 

@@ -1,4 +1,17 @@
-"""Shared fixtures: a real SeaweedFS per session, a fresh bucket per test, real FUSE mounts."""
+"""Shared fixtures, all in one place: a test names what it needs and never imports fixtures.
+
+- Servers, one per session, started on first use on 127.0.0.1 with free ports: `seaweed`
+  (SeaweedFS S3, here), `fake_gcs` (tests/gcs_fixtures.py), `sts_env` (SeaweedFS with STS and
+  a test OIDC issuer, tests/sts_fixtures.py).
+- A fresh bucket per test and a real FUSE mount of it: `bucket`, `mount(bucket, *flags)`,
+  and `objects`, the bucket seen through the vendor's client (tests/backends.py). They
+  follow `provider`, "s3" unless a test is marked `@pytest.mark.providers("s3", "gcs")`,
+  which runs it once per provider (`heavy=True` runs GCS only with CLOUDBUCKET_GCS_HEAVY=1:
+  fake-gcs-server keeps every object in memory and serves one per request).
+- `mounts`: mounts with a 0600 credentials file, each scanned for leaked secrets at teardown
+  (tests/creds_helpers.py).
+- Capability markers (`fuse`, `root`, `docker`): tests/capabilities.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +25,41 @@ from pathlib import Path
 import pytest
 
 from driver.devservers import SeaweedS3
+from tests.backends import PROVIDERS, GcsObjects, Objects, S3Objects
 from tests.helpers import MountProcess, mount_bucket
+
+pytest_plugins = [
+    "pytester",
+    "tests.capabilities",
+    "tests.creds_helpers",  # before sts_fixtures, which imports it
+    "tests.gcs_fixtures",
+    "tests.sts_fixtures",
+]
+
+GCS_HEAVY = pytest.mark.skipif(
+    not os.environ.get("CLOUDBUCKET_GCS_HEAVY"),
+    reason="heavy on fake-gcs-server (one object per request, all in memory); set "
+           "CLOUDBUCKET_GCS_HEAVY=1 to run; test_gcs_fs.py lists 1,203 keys across pages")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("providers")
+    if marker is None:
+        return
+    names = marker.args or PROVIDERS
+    unknown = set(names) - set(PROVIDERS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown providers {unknown}")
+    heavy = marker.kwargs.get("heavy", False)
+    metafunc.parametrize("provider", [
+        pytest.param(name, marks=[GCS_HEAVY] if heavy and name == "gcs" else [])
+        for name in names])
+
+
+@pytest.fixture
+def provider() -> str:
+    """The backend of `bucket`, `mount` and `objects`; parametrized by `providers`."""
+    return "s3"
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +74,11 @@ def s3(seaweed: SeaweedS3):
 
 
 @pytest.fixture
-def bucket(seaweed: SeaweedS3, s3) -> Iterator[str]:
+def bucket(provider: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    if provider == "gcs":
+        yield request.getfixturevalue("gcs_bucket")
+        return
+    s3 = request.getfixturevalue("s3")
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     yield name
@@ -48,8 +99,21 @@ def _uploads(s3, bucket: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def mount(seaweed: SeaweedS3, tmp_path: Path) -> Iterator[Callable[..., MountProcess]]:
+def objects(provider: str, bucket: str, request: pytest.FixtureRequest) -> Objects:
+    """The test's bucket through the vendor's own client, to check what a mount did."""
+    if provider == "gcs":
+        return GcsObjects(request.getfixturevalue("gcs"), bucket)
+    return S3Objects(request.getfixturevalue("s3"), bucket)
+
+
+@pytest.fixture
+def mount(provider: str, request: pytest.FixtureRequest,
+          tmp_path: Path) -> Iterator[Callable[..., MountProcess]]:
     """mount(bucket, *flags) -> a live mount of the bucket through `cloudbucket-csi mount`."""
+    if provider == "gcs":
+        yield request.getfixturevalue("gcs_mount")
+        return
+    seaweed = request.getfixturevalue("seaweed")
     mounts: list[MountProcess] = []
 
     def make(bucket: str, *flags: str, env: dict[str, str] | None = None) -> MountProcess:

@@ -4,26 +4,34 @@ The node plugin's contract is reproduced here: `Credentials.to_json()` goes into
 file inside a 0700 directory, the server gets only the file's path, and a republish
 replaces the file atomically (temp file + rename). The server's environment is stripped of
 AWS_*/GOOGLE_* variables so only the file can authenticate it.
+
+No secret may reach a log: every secret and token a test hands out is remembered, and the
+`mounts` fixture scans each log file and CLI stderr of its own mounts at teardown for every
+secret remembered so far. Each test checks its own logs, so the proof does not depend on
+which tests ran before it (the scan once ran last, by file name, over everyone's logs).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from driver.cli import exit_status
 from driver.credentials.source import Credentials
 from driver.devservers import wait_until
+from driver.failures import FailureKind
 from driver.mounts import mountinfo
 from tests.helpers import MountProcess, server_pid
 
-# Every secret and token a test hands out is recorded here, for the log-scan test.
+# Every secret and token a test hands out is recorded here, for the log scans.
 SECRETS_SEEN: set[str] = set()
-# Every log file and stderr text the credential tests produced.
-LOGS_SEEN: list[Path] = []
 
 
 def remember(*values: str) -> None:
@@ -60,6 +68,8 @@ class CredMounts:
 
     root: Path
     mounts: list[MountProcess] = field(default_factory=list)
+    # Every log file and stderr copy these mounts produced, for the leak scan.
+    logs: list[Path] = field(default_factory=list)
     count: int = 0
 
     def _paths(self) -> tuple[Path, Path, Path]:
@@ -68,7 +78,7 @@ class CredMounts:
         target.mkdir()
         secrets_dir = self.root / f"creds{self.count}"
         log_file = self.root / f"mount{self.count}.log"
-        LOGS_SEEN.append(log_file)
+        self.logs.append(log_file)
         return target, secrets_dir / "credentials.json", log_file
 
     def run(self, bucket: str, credentials: Credentials | None, flags: Iterable[str] = (),
@@ -84,7 +94,7 @@ class CredMounts:
                                 timeout=120, check=False)
         stderr_copy = self.root / f"stderr{self.count}.txt"
         stderr_copy.write_text(result.stdout + result.stderr)
-        LOGS_SEEN.append(stderr_copy)
+        self.logs.append(stderr_copy)
         return result, target, cred_file, log_file
 
     def mount(self, bucket: str, credentials: Credentials | None, flags: Iterable[str] = (),
@@ -99,10 +109,12 @@ class CredMounts:
         return process, cred_file
 
     def refused(self, bucket: str, credentials: Credentials | None,
-                flags: Iterable[str] = (), env: dict[str, str] | None = None) -> str:
-        """Assert the mount is refused with one line and nothing is left mounted."""
+                flags: Iterable[str] = (), env: dict[str, str] | None = None,
+                kind: FailureKind = FailureKind.ACCESS_DENIED) -> str:
+        """Assert the mount is refused with one line, the exit status of `kind`, and
+        nothing left mounted."""
         result, target, _, _ = self.run(bucket, credentials, flags, env)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == exit_status(kind), result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cloudbucket-csi: error: "), lines
         assert mountinfo.find(str(target)) is None
@@ -110,8 +122,37 @@ class CredMounts:
         return lines[0]
 
     def close(self) -> None:
-        for process in self.mounts:
-            process.close()
+        while self.mounts:  # idempotent: a test may stop its mounts before teardown does
+            self.mounts.pop().close()
+
+
+def find_leaks(paths: Iterable[Path], secrets_seen: Iterable[str]) -> list[str]:
+    """`file: secr...` for each remembered secret found in a file (JSON-escaped too)."""
+    leaks = []
+    for path in paths:
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        for secret in secrets_seen:
+            # A JSON-escaped copy (as structlog's JSON renderer writes it) counts too.
+            if secret in text or json.dumps(secret)[1:-1] in text:
+                leaks.append(f"{path.name}: {secret[:4]}...")
+    return leaks
+
+
+def long_secrets() -> set[str]:
+    """The remembered secrets long enough not to match by chance."""
+    return {value for value in SECRETS_SEEN if len(value) >= 8}
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[CredMounts]:
+    """Mounts with credentials files; at teardown they are stopped (their logs flushed) and
+    every log they wrote is scanned for every secret remembered so far."""
+    manager = CredMounts(tmp_path)
+    yield manager
+    manager.close()
+    assert find_leaks(manager.logs, long_secrets()) == [], "a secret reached a log"
 
 
 def _servers_for(target: Path) -> list[int]:

@@ -108,6 +108,7 @@ class _CutBody:
     def __init__(self, data: bytes, keep: int | None) -> None:
         self._data = data
         self._keep = keep
+        self._offset = 0
 
     def iter_chunks(self, chunk_size: int = 1024) -> Iterator[bytes]:
         limit = len(self._data) if self._keep is None else self._keep
@@ -115,6 +116,17 @@ class _CutBody:
             yield self._data[offset:min(offset + chunk_size, limit)]
         if self._keep is not None:
             raise botocore.exceptions.ResponseStreamingError(error="connection cut")
+
+    def readinto(self, buffer: memoryview) -> int:
+        limit = len(self._data) if self._keep is None else self._keep
+        if self._offset >= limit:
+            if self._keep is not None:
+                raise botocore.exceptions.ResponseStreamingError(error="connection cut")
+            return 0
+        count = min(len(buffer), limit - self._offset)
+        buffer[:count] = self._data[self._offset:self._offset + count]
+        self._offset += count
+        return count
 
     def close(self) -> None:
         pass
@@ -125,6 +137,20 @@ class FakeObject:
     data: bytes
     etag: str
     parts: int | None = None
+
+
+class _Events:
+    """The handler registry S3Store and its metrics hook into; nothing is ever emitted."""
+
+    def register(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    register_first = register_last = unregister = register
+
+
+@dataclass
+class _Meta:
+    events: _Events = field(default_factory=_Events)
 
 
 class FakeS3Client:
@@ -144,6 +170,7 @@ class FakeS3Client:
         self.missing_delete = missing_delete  # "404" (some stores) or "204" (AWS)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.meta = _Meta()
 
     # -- fault plumbing -------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class FaultProxy:
         self.match = match
         self.reject: Callable[[str], bool] = lambda request_line: False
         self.rejected = 0
-        self.requests = 0
+        self.requests: list[str] = []  # every request line seen, faulted ones included
         self.injected: list[Injected] = []
         self._queued: list[tuple[re.Pattern[str], str]] = []
         self._random = random.Random(seed)
@@ -124,7 +124,7 @@ class FaultProxy:
 
     def _choose(self, request_line: str) -> str | None:
         with self._lock:
-            self.requests += 1
+            self.requests.append(request_line)
             for index, (pattern, fault) in enumerate(self._queued):
                 if pattern.search(request_line):
                     del self._queued[index]

@@ -1,8 +1,6 @@
 """Fixtures for the native GCS backend against fake-gcs-server.
 
-Import them into a test module (or a conftest.py) to use them:
-
-    from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket, gcs_mount  # noqa: F401
+tests/conftest.py registers this module as a plugin, so every test can name them:
 
 - `fake_gcs`: one fake-gcs-server per session (in memory, 127.0.0.1, free port);
 - `gcs`: a google-cloud-storage client for it (anonymous);

@@ -39,12 +39,22 @@ class MountProcess:
                 psutil.Process(self.pid).wait(60)
 
 
+def _holds_dev_fuse(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse":
+                    return True
+    return False
+
+
 def server_pid(target: Path) -> int:
-    """The PID of the FUSE server serving `target` (found by its /dev/fuse fd's mount)."""
+    """The PID of the `cloudbucket-csi mount` server of `target` (tests only: the command
+    line names the target, and the server holds /dev/fuse)."""
     target_text = str(target)
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "mount" in cmdline and target_text in cmdline and "--foreground" in cmdline:
+        if "mount" in cmdline and target_text in cmdline and _holds_dev_fuse(proc.pid):
             return proc.pid
     raise LookupError(f"no FUSE server for {target}")
 

@@ -1,4 +1,8 @@
-"""An in-memory ObjectStore for unit tests, with fault injection. Never a proof of S3."""
+"""An in-memory ObjectStore for unit tests, with fault injection. Never a proof of S3.
+
+tests/integration/test_store_conformance.py holds it to the same contract as the real
+backends, so a unit test over it means what it would mean over S3 or GCS.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ class MemoryStore:
         entries: list[tuple[str, ObjectInfo | None]] = []
         seen_prefixes: set[str] = set()
         for key in sorted(self.objects):
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                 continue
             rest = key[len(prefix):]
             if delimiter and delimiter in rest:
@@ -84,7 +88,16 @@ class MemoryStore:
             raise NotFound(key)
         if etag and self._etag(data) != etag:
             raise PreconditionFailed(key)
+        if end > len(data):  # as the real stores: a short read is an error, never returned
+            raise StoreError(f"GET {key}: short read ({len(data) - start} of {end - start})")
         return data[start:end]
+
+    def get_range_into(self, key: str, start: int, end: int, etag: str | None,
+                       out: memoryview) -> None:
+        data = self.get_range(key, start, end, etag)
+        if len(data) != len(out):
+            raise StoreError(f"short read of {key}")
+        out[:] = data
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         self._op("put")
@@ -134,6 +147,15 @@ class MemoryStore:
         for upload_id in strays:
             self.uploads.pop(upload_id, None)
         return len(strays)
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        self._op("copy")
+        data = self.objects.get(source.key)
+        if data is None:
+            raise NotFound(source.key)
+        if self._etag(data) != source.etag:
+            raise PreconditionFailed(source.key)
+        self.objects[dest_key] = data
+        return self._etag(data)
 
     def delete(self, key: str) -> None:
         self._op("delete")

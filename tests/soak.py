@@ -187,7 +187,7 @@ def run(mounts: int, minutes: float, fault_rate: float, memory_target: int,
         figures: dict[str, object] = {
             "mounts": mounts, "minutes": round(elapsed / 60, 2), "fault_rate": fault_rate,
             "memory_target_mib": memory_target,
-            "faults_injected": dict(proxy.counts()), "requests_through_proxy": proxy.requests,
+            "faults_injected": dict(proxy.counts()), "requests_through_proxy": len(proxy.requests),
             "writes_acknowledged": sum(len(s.written) for s in all_stats),
             "writes_failed_eio": sum(len(s.failed_writes) for s in all_stats),
             "reads_ok": sum(s.reads_ok for s in all_stats),

@@ -34,6 +34,8 @@ import structlog
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
+from driver import metrics
+from driver.credentials.botocore_sessions import new_botocore_session
 from driver.credentials.source import Credentials
 
 log = structlog.get_logger()
@@ -83,7 +85,7 @@ class WebIdentityCredentials(DeferredRefreshableCredentials):
         super().__init__(refresh_using=self._fetch, method=METHOD)
         self.role_arn = credentials.role_arn
         self._tokens = TokenSource(credentials.web_identity_token, credentials_file)
-        self._sts = boto3.Session().client(
+        self._sts = boto3.Session(botocore_session=new_botocore_session()).client(
             "sts", region_name=credentials.sts_region or region or "us-east-1",
             endpoint_url=credentials.sts_endpoint_url,
             config=Config(signature_version=botocore.UNSIGNED, connect_timeout=5,
@@ -93,12 +95,14 @@ class WebIdentityCredentials(DeferredRefreshableCredentials):
         self.refresh_count = 0
 
     def _refused(self, code: str, reason: str) -> botocore.exceptions.CredentialRetrievalError:
+        metrics.CREDENTIAL_REFRESH_FAILURES.inc()
         log.error("web identity token refused: requests fail with EACCES until a republish "
                   "brings a valid token", role_arn=self.role_arn, code=code, reason=reason)
         return botocore.exceptions.CredentialRetrievalError(
             provider=METHOD, error_msg=f"STS refused the token for {self.role_arn} ({code})")
 
     def _fetch(self) -> dict[str, Any]:
+        metrics.CREDENTIAL_REFRESHES.inc()
         token = self._tokens.read()
         try:
             response = self._sts.assume_role_with_web_identity(
@@ -137,7 +141,7 @@ def web_identity_session(credentials: Credentials, credentials_file: str | None,
     # botocore logs every failed mandatory refresh with a traceback; our own error line
     # (role, STS code, scrubbed reason) says it once and clearly.
     logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
-    core = botocore.session.get_session()
+    core = new_botocore_session()
     # botocore has no public setter for a credentials object; this is the documented-by-use
     # way (also used by boto3's own tests) and keeps the credentials local to this session.
     core._credentials = WebIdentityCredentials(credentials, credentials_file, region)

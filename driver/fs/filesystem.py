@@ -8,7 +8,23 @@ valid file name ("", ".", "..", too long, containing NUL) are hidden.
 Metadata comes from HEAD and ListObjectsV2 (delimiter "/") and is trusted for
 `metadata_ttl` seconds. Reads go through a per-handle `Prefetcher` pinned to the ETag seen
 at open; writes through a per-handle `Upload`. All store calls run on worker threads
-(`run_sync`), never on the event loop.
+(`run_sync`), never on the event loop. With `--cache DIR` the prefetcher's fetches go
+through the block cache (`fs/cache.py`), keyed by that same ETag: an object whose ETag is
+re-confirmed at lookup/open (HEAD after `metadata_ttl`) is served from disk, a changed one
+has a new ETag and is fetched afresh.
+
+Opt-in semantics beyond mountpoint-s3's (each off by default, README "semantics"):
+- `allow_rename`: a file is renamed by a server-side copy pinned to its ETag, then the
+  old key is deleted, so the new name shows the whole object or nothing. A directory moves
+  object by object (copy, then delete), at most `rename_dir_limit` objects, checked before
+  anything moves; a failure stops the move with every object under exactly one of the two
+  names (a copy whose source cannot be deleted is deleted again), and the log says how
+  many moved. Inodes keep their numbers, and open readers follow the object to its new key
+  when it is the version they pinned.
+- `incremental_upload`: an O_APPEND open of an existing object starts an Upload whose
+  committed content is that object; the first write makes it the first part(s) of a new
+  upload (UploadPartCopy, or read back under 5 MiB) and close completes it atomically.
+- `ignore_chmod`: chmod/chown are accepted and change nothing.
 
 Bounded time: every store call is bounded by the store's own deadline (--request-timeout);
 metadata calls (HEAD, LIST) have their own worker threads, so transfers stalled on a store
@@ -21,8 +37,10 @@ returns plain `Attributes`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
+import mimetypes
 import os
 import stat
 import time
@@ -34,6 +52,10 @@ from typing import Any
 import structlog
 import trio
 
+from driver import metrics
+from driver.fs import threads
+from driver.fs.buffers import BufferPool
+from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import MemoryBudget, Prefetcher
@@ -43,6 +65,8 @@ from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, Upl
 
 log = structlog.get_logger()
 NAME_MAX = 255
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h)
+MiB = 1024 * 1024
 # A directory that fits in one LIST page is listed once per metadata TTL and its entries
 # are looked up from that listing (rclone's directory cache, bounded to small directories).
 LISTING_CACHE_MAX = 1000
@@ -75,11 +99,21 @@ class StatFs:
     name_max: int = NAME_MAX
 
 
+@dataclass(eq=False, slots=True)
+class ReadPin:
+    """The object version a reader reads: moved along when a rename moves that version."""
+
+    key: str
+    etag: str | None
+
+
 @dataclass(eq=False)
 class FileHandle:
     inode: Inode
     prefetcher: Prefetcher | None = None
     upload: Upload | None = None
+    pin: ReadPin | None = None
+    cache_writer: BlockWriter | None = None  # fills the cache as the file is written
 
 
 @dataclass(eq=False)
@@ -93,6 +127,17 @@ class DirHandle:
     done: bool = False
     held_files: list[ObjectInfo] = field(default_factory=list)  # may yet be shadowed
     emitted: set[str] = field(default_factory=set)
+    ahead: PageAhead | None = None  # the next page, requested while this one is read
+
+
+@dataclass(eq=False)
+class PageAhead:
+    """A LIST started before the kernel asks for its entries (readdir streams pages)."""
+
+    token: str
+    done: trio.Event = field(default_factory=trio.Event)
+    page: ListPage | None = None
+    error: BaseException | None = None
 
 
 class Filesystem:
@@ -111,12 +156,20 @@ class Filesystem:
         self._nursery: trio.Nursery | None = None
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
+        self.buffers = BufferPool(self.budget.limit)
+        self._readers = 0  # open read handles; the pool is emptied when none is left
         self.upload_options = UploadOptions(
             storage_class=options.storage_class, sse=options.sse,
             sse_kms_key_id=options.sse_kms_key_id,
             checksum=None if options.upload_checksums == "off" else options.upload_checksums)
         self._uploads: set[Upload] = set()
         self._listing_inflight: dict[int, trio.Event] = {}
+        self.cache: BlockCache | None = None
+        if options.cache:
+            max_size = None if options.max_cache_size is None else options.max_cache_size * MiB
+            self.cache = BlockCache(options.cache, max_size).open()
+        self._cache_io = trio.CapacityLimiter(4)  # disk threads, apart from store threads
+        self._cache_writes = WriteBudget(4 * options.read_part_size)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -126,8 +179,8 @@ class Filesystem:
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         metadata = getattr(fn, "__name__", "") in ("head", "list_page")
-        return await trio.to_thread.run_sync(
-            partial(fn, *args), limiter=self._meta_limiter if metadata else self._limiter)
+        return await threads.run_sync(partial(fn, *args),
+                                      self._meta_limiter if metadata else self._limiter)
 
     async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -293,8 +346,10 @@ class Filesystem:
                       times: bool = False) -> Attributes:
         inode = self._inode(ino)
         if mode is not None or uid is not None or gid is not None:
-            log.debug("refused chmod/chown", key=inode.key)
-            raise FsError(errno.EPERM, "permissions are fixed by mount options")
+            if not self.options.ignore_chmod:
+                log.debug("refused chmod/chown", key=inode.key)
+                raise FsError(errno.EPERM, "permissions are fixed by mount options")
+            log.debug("ignored chmod/chown", key=inode.key)  # --ignore-chmod
         if size is not None:
             self._check_writable()
             current = self.attributes(inode).size
@@ -327,6 +382,7 @@ class Filesystem:
             handle.entries.clear()
             handle.emitted.clear()
             handle.token, handle.done, handle.started = None, False, False
+            handle.ahead = None
         position = start
         while True:
             while position >= len(handle.entries) and not handle.done:
@@ -347,8 +403,20 @@ class Filesystem:
         parent = handle.inode
         if not handle.started:
             handle.started = True
-        page = await self._store(self.store.list_page, parent.key, "/", handle.token)
+        ahead, handle.ahead = handle.ahead, None
+        if ahead is not None and ahead.token == handle.token:
+            await ahead.done.wait()
+            if ahead.error is not None:
+                raise ahead.error
+            assert ahead.page is not None
+            page = ahead.page
+        else:
+            page = await self._store(self.store.list_page, parent.key, "/", handle.token)
         handle.token = page.next_token
+        if handle.token is not None and self._nursery is not None:
+            # Request the next page now: the kernel takes this one in many small readdirs.
+            handle.ahead = PageAhead(handle.token)
+            self._nursery.start_soon(self._list_ahead, parent.key, handle.ahead)
         items: list[tuple[str, ObjectInfo | None]] = [(p, None) for p in page.prefixes]
         items += [(o.key, o) for o in page.objects]
         items.sort(key=lambda item: item[0])
@@ -375,6 +443,14 @@ class Filesystem:
                         handle.emitted and not child.unlinked:
                     self._emit(handle, child.name, child)
             handle.done = True
+
+    async def _list_ahead(self, key: str, ahead: PageAhead) -> None:
+        try:
+            ahead.page = await self._store(self.store.list_page, key, "/", ahead.token)
+        except Exception as exc:  # noqa: BLE001 - delivered to the readdir that wants the page
+            ahead.error = exc
+        finally:
+            ahead.done.set()
 
     def _emit_file(self, handle: DirHandle, info: ObjectInfo) -> None:
         name = info.key[len(handle.inode.key):]
@@ -443,6 +519,8 @@ class Filesystem:
         self._next_fh += 1
         self._handles[fh] = handle
         handle.inode.open_handles += 1
+        if isinstance(handle, FileHandle):
+            (metrics.OPEN_WRITE if handle.upload is not None else metrics.OPEN_READ).inc()
         return fh
 
     async def open(self, ino: int, flags: int) -> int:
@@ -459,7 +537,9 @@ class Filesystem:
                     raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
                 inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
                 inode.validated = time.monotonic()
-            return self._new_handle(FileHandle(inode, prefetcher=self._prefetcher(inode)))
+            pin = ReadPin(inode.key, inode.etag)
+            return self._new_handle(FileHandle(inode, prefetcher=self._prefetcher(inode, pin),
+                                               pin=pin))
         self._check_writable()
         if accmode == os.O_RDWR:
             log.debug("refused O_RDWR open", key=inode.key)
@@ -467,31 +547,72 @@ class Filesystem:
         if inode.writer is not None:
             log.debug("refused second writer", key=inode.key)
             raise FsError(errno.EPERM, f"{inode.key} is already open for writing")
+        if flags & os.O_APPEND and not flags & os.O_TRUNC and self.options.incremental_upload:
+            return self._new_handle(FileHandle(inode, upload=await self._start_append(inode)))
         if not flags & os.O_TRUNC or not self.options.allow_overwrite:
             log.debug("refused overwrite", key=inode.key, truncate=bool(flags & os.O_TRUNC))
             raise FsError(errno.EPERM, "overwriting needs --allow-overwrite and O_TRUNC")
-        return self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+        return self._new_handle(self._write_handle(inode))
 
-    def _prefetcher(self, inode: Inode) -> Prefetcher:
+    def _prefetcher(self, inode: Inode, pin: ReadPin) -> Prefetcher:
         assert self._nursery is not None
-        key, etag = inode.key, inode.etag
+        get_into = getattr(self.store, "get_range_into", None)  # optional (S3Store has it)
 
-        async def fetch(start: int, end: int) -> bytes:
-            return await self._store(self.store.get_range, key, start, end, etag)
+        async def fetch(start: int, end: int) -> bytes | bytearray:
+            # The pin is read at each request: a rename may have moved it.
+            if get_into is None:
+                return await self._store(self.store.get_range, pin.key, start, end, pin.etag)
+            buffer = self.buffers.take(end - start)
+            await self._store(get_into, pin.key, start, end, pin.etag, memoryview(buffer))
+            return buffer
 
-        return Prefetcher(fetch, inode.size, self._nursery.start_soon, self.budget,
+        self._readers += 1
+        source: Callable[[int, int], Any] = fetch
+        align = 1
+        if self.cache is not None and self.cache.readable and pin.etag:
+            version = ObjectVersion(self.store.bucket, pin.key, pin.etag, inode.size)
+            source = CachedFetch(self.cache, version, fetch, self._nursery.start_soon,
+                                 self._cache_io, self._cache_writes)
+            align = self.cache.block_size
+        return Prefetcher(source, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
                           max_parallel=self.prefetch_parallel,
+                          recycle=None if get_into is None else self.buffers.give, align=align,
                           budget_timeout=self.options.request_timeout)
+
+    def _write_handle(self, inode: Inode) -> FileHandle:
+        writer = None
+        if self.cache is not None and self.cache.writable:
+            writer = BlockWriter(self.cache, self.store.bucket, inode.key, self._cache_io,
+                                 self._cache_writes)
+        return FileHandle(inode, upload=self._start_upload(inode), cache_writer=writer)
 
     def _start_upload(self, inode: Inode) -> Upload:
         assert self._nursery is not None
-        upload = Upload(self.store, inode.key, self.upload_options, run_sync=self.run_sync,
+        options = self.upload_options
+        if self.options.infer_content_type:
+            options = dataclasses.replace(options,
+                                          content_type=mimetypes.guess_type(inode.name)[0])
+        upload = Upload(self.store, inode.key, options, run_sync=self.run_sync,
                         part_size=self.options.write_part_size, budget=self.budget,
                         budget_timeout=self.options.request_timeout)
         upload.attach(self._nursery)
         inode.writer = upload
         self._uploads.add(upload)
+        metrics.UPLOADS_IN_FLIGHT.inc()
+        return upload
+
+    async def _start_append(self, inode: Inode) -> Upload:
+        """--incremental-upload: the object as it is now is the upload's committed start;
+        the Upload copies it in as its first part(s) at the first write."""
+        info = await self._store(self.store.head, inode.key)
+        if info is None:
+            raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
+        inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
+        inode.validated = time.monotonic()
+        upload = self._start_upload(inode)
+        upload.resume(info.size, info.etag)
+        log.debug("append to existing object", key=inode.key, size=info.size)
         return upload
 
     async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attributes]:
@@ -507,12 +628,13 @@ class Filesystem:
                 raise FsError(errno.EISDIR)
             if flags & os.O_EXCL:
                 raise FsError(errno.EEXIST)
+            appending = flags & os.O_APPEND and self.options.incremental_upload
             fh = await self.open(existing.ino, flags | os.O_TRUNC
-                                 if self.options.allow_overwrite else flags)
+                                 if self.options.allow_overwrite and not appending else flags)
             existing.lookups += 1
             return fh, self.attributes(existing)
         inode = self.inodes.upsert(parent, name, is_dir=False, local=True)
-        fh = self._new_handle(FileHandle(inode, upload=self._start_upload(inode)))
+        fh = self._new_handle(self._write_handle(inode))
         inode.lookups += 1
         return fh, self.attributes(inode)
 
@@ -532,10 +654,13 @@ class Filesystem:
         if not isinstance(handle, FileHandle) or handle.upload is None:
             raise FsError(errno.EBADF)
         try:
-            return await handle.upload.write(offset, data)
+            written = await handle.upload.write(offset, data)
         except FsError as exc:
             log.debug("write refused", key=handle.inode.key, error=str(exc))
             raise
+        if handle.cache_writer is not None:
+            await handle.cache_writer.write(offset, data)
+        return written
 
     async def flush(self, fh: int) -> None:
         """close(): complete the upload and report its error."""
@@ -575,8 +700,12 @@ class Filesystem:
         if handle is None:
             return
         if isinstance(handle, FileHandle):
+            (metrics.OPEN_WRITE if handle.upload is not None else metrics.OPEN_READ).dec()
             if handle.prefetcher is not None:
                 handle.prefetcher.close()
+                self._readers -= 1
+                if not self._readers:
+                    self.buffers.clear()  # idle: the memory goes back to the OS
             upload = handle.upload
             if upload is not None:
                 try:
@@ -587,9 +716,16 @@ class Filesystem:
                 finally:
                     if upload.dirty:
                         await upload.abort()
+                    if handle.cache_writer is not None:
+                        if upload.etag is not None and not upload.dirty:
+                            await handle.cache_writer.finish(upload.etag, upload.size)
+                        else:
+                            await handle.cache_writer.discard()
                     handle.inode.writer = None
                     handle.inode.local = False
-                    self._uploads.discard(upload)
+                    if upload in self._uploads:
+                        self._uploads.discard(upload)
+                        metrics.UPLOADS_IN_FLIGHT.dec()
                     if upload.etag is None:  # nothing was ever committed
                         self.inodes.remove_name(handle.inode)
         self.inodes.release(handle.inode)
@@ -616,6 +752,162 @@ class Filesystem:
         self.inodes.remove_name(inode)
         self._invalidate_listing(parent.ino)
 
+    # ------------------------------------------------------------------ rename
+
+    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int,
+                     new_name: str, flags: int = 0) -> None:
+        """--allow-rename: server-side copy, then delete (see the module docstring)."""
+        if not self.options.allow_rename:
+            await self.refuse("rename")
+        self._check_writable()
+        if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL, "only plain renames are possible on a bucket")
+        old_parent, new_parent = self._inode(old_parent_ino), self._inode(new_parent_ino)
+        if not new_parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not valid_name(new_name):
+            raise FsError(errno.EINVAL, f"invalid name {new_name!r}")
+        source = await self._maybe_resolve(old_parent, old_name)
+        if source is None:
+            raise FsError(errno.ENOENT)
+        if old_parent.ino == new_parent.ino and old_name == new_name:
+            return
+        target = await self._maybe_resolve(new_parent, new_name)
+        if target is not None and flags & RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST)
+        if source.is_dir:
+            moved = await self._rename_dir(source, new_parent, new_name, target)
+        else:
+            await self._rename_file(source, new_parent, new_name, target)
+            moved = True
+        self._negative.pop((new_parent.ino, new_name), None)
+        self._invalidate_listing(old_parent.ino)
+        if moved:
+            self._mark_parents_remote(source)  # also drops the new parent's listing
+        self._invalidate_listing(new_parent.ino)
+
+    async def _rename_file(self, source: Inode, new_parent: Inode, new_name: str,
+                           target: Inode | None) -> None:
+        if source.writer is not None:
+            raise FsError(errno.EBUSY, f"{source.key} is being written")
+        if target is not None:
+            if target.is_dir:
+                raise FsError(errno.EISDIR)
+            if target.writer is not None:
+                raise FsError(errno.EBUSY, f"{target.key} is being written")
+            if not self.options.allow_overwrite:
+                log.debug("refused rename onto an existing file", key=target.key)
+                raise FsError(errno.EPERM, "renaming onto a file needs --allow-overwrite")
+        assert source.etag is not None  # _maybe_resolve asked the store
+        info = ObjectInfo(source.key, source.size, source.etag)
+        dest_key = new_parent.key + new_name
+        moved = await self._move_object(info, dest_key, replacing=target is not None)
+        if moved is None:
+            raise FsError(errno.EIO, f"rename of {source.key} to {dest_key} failed")
+        self._repin({info.key: (dest_key, info.etag, moved)})
+        self.inodes.move(source, new_parent, new_name)
+        source.etag, source.validated = moved, time.monotonic()
+
+    async def _move_object(self, info: ObjectInfo, dest_key: str,
+                           replacing: bool = False) -> str | None:
+        """Copy, then delete the source: the new ETag, or None when nothing moved (the
+        object is then under its old name only, or, when a copy replaced an existing file
+        and the source cannot be deleted, under both; the log says which)."""
+        try:
+            etag = await self.run_sync(self.store.copy, info, dest_key, self.upload_options)
+        except StoreError as exc:
+            log.error("rename: copy failed; the object stays under its old name",
+                      key=info.key, dest=dest_key, error=str(exc))
+            return None
+        try:
+            await self.run_sync(self.store.delete, info.key)
+        except StoreError as exc:
+            if replacing:  # the copy replaced a file: deleting it would lose that file too
+                log.error("rename: the source could not be deleted; it is under both names",
+                          key=info.key, dest=dest_key, error=str(exc))
+                return None
+            try:
+                await self.run_sync(self.store.delete, dest_key)
+            except StoreError as undo:
+                log.error("rename: the source could not be deleted, nor the copy; the "
+                          "object is under both names", key=info.key, dest=dest_key,
+                          error=str(exc), undo_error=str(undo))
+                return None
+            log.error("rename: the source could not be deleted; the copy was removed and "
+                      "the object stays under its old name", key=info.key, dest=dest_key,
+                      error=str(exc))
+            return None
+        return str(etag)
+
+    async def _rename_dir(self, source: Inode, new_parent: Inode, new_name: str,
+                          target: Inode | None) -> bool:
+        """Move every object beneath; True when any object moved (False: a local dir)."""
+        dest_key = new_parent.key + new_name + "/"
+        if dest_key.startswith(source.key):
+            raise FsError(errno.EINVAL, "cannot move a directory into itself")
+        if target is not None:
+            if not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if any(not child.unlinked for child in self.inodes.children(target.ino)
+                   if child.local or child.writer is not None):
+                raise FsError(errno.ENOTEMPTY)
+            page = await self._store(self.store.list_page, target.key, "/", None, 1)
+            if page.objects or page.prefixes:
+                raise FsError(errno.ENOTEMPTY, f"{target.key} has objects under it")
+        if any(inode.writer is not None for inode in self.inodes.descendants(source)):
+            raise FsError(errno.EBUSY, f"a file under {source.key} is being written")
+        limit = self.options.rename_dir_limit
+        objects: list[ObjectInfo] = []
+        token: str | None = None
+        while True:  # every object beneath, counted before anything moves
+            page = await self._store(self.store.list_page, source.key, None, token)
+            objects += page.objects
+            if len(objects) > limit:
+                log.error("rename: directory has more objects than --rename-dir-limit; "
+                          "nothing moved", key=source.key, limit=limit)
+                raise FsError(errno.E2BIG, f"{source.key} has more than {limit} objects")
+            token = page.next_token
+            if token is None:
+                break
+        moves: dict[str, tuple[str, str, str]] = {}
+        for number, info in enumerate(objects):
+            new_key = dest_key + info.key[len(source.key):]
+            etag = await self._move_object(info, new_key)
+            if etag is None:
+                log.error("rename: directory move stopped; every object is under exactly "
+                          "one name", key=source.key, dest=dest_key, moved=number,
+                          remaining=len(objects) - number)
+                self._repin(moves)
+                self._forget_subtree(source)
+                raise FsError(errno.EIO, f"rename of {source.key} stopped after {number} of "
+                              f"{len(objects)} objects")
+            moves[info.key] = (new_key, info.etag, etag)
+        self._repin(moves)
+        old_key = source.key
+        self.inodes.move(source, new_parent, new_name)
+        new_etags = {new: etag for new, _, etag in moves.values()}
+        for inode in self.inodes.descendants(source):
+            if inode.key in new_etags:
+                inode.etag = new_etags[inode.key]
+        log.info("renamed directory", key=old_key, dest=dest_key, objects=len(objects))
+        return bool(objects)
+
+    def _repin(self, moves: dict[str, tuple[str, str | None, str]]) -> None:
+        """Open readers of a moved version follow it: {old key: (new key, etag, new etag)}."""
+        for handle in self._handles.values():
+            if isinstance(handle, FileHandle) and handle.pin is not None:
+                moved = moves.get(handle.pin.key)
+                if moved is not None and moved[1] == handle.pin.etag:
+                    handle.pin.key, handle.pin.etag = moved[0], moved[2]
+
+    def _forget_subtree(self, directory: Inode) -> None:
+        """After a partial move, what the inodes say is stale: ask the store again."""
+        directory.validated = 0.0
+        directory.listing = None
+        for inode in self.inodes.descendants(directory):
+            inode.validated = 0.0
+            inode.listing = None
+
     async def refuse(self, operation: str, code: int = errno.ENOTSUP) -> None:
         """rename, symlink, link and the like: not possible on an object store."""
         log.debug("refused operation", operation=operation)
@@ -627,6 +919,10 @@ class Filesystem:
             if upload.dirty and not upload.aborted:
                 log.error("upload abandoned at shutdown", key=upload.key, size=upload.size)
                 await upload.abort()
+        if self.cache is not None:
+            with trio.move_on_after(30):  # blocks fetched just before unmount
+                await self._cache_writes.wait_idle()
+            await trio.to_thread.run_sync(self.cache.close)  # disk I/O: off the loop
 
 
 def _timestamp(info: ObjectInfo) -> float:

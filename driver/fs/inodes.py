@@ -93,6 +93,32 @@ class InodeTable:
     def remove_name(self, inode: Inode) -> None:
         self._detach(inode)
 
+    def move(self, inode: Inode, new_parent: Inode, new_name: str) -> None:
+        """Rename: the inode keeps its number (open files and the kernel's references stay
+        valid) under its new name; a directory's descendants get their new keys."""
+        replaced = self.child(new_parent.ino, new_name)
+        if replaced is not None and replaced is not inode:
+            self._detach(replaced)
+        if self._by_child.get((inode.parent, inode.name)) == inode.ino:
+            del self._by_child[(inode.parent, inode.name)]
+        old_key = inode.key
+        inode.parent, inode.name = new_parent.ino, new_name
+        inode.key = new_parent.key + new_name + ("/" if inode.is_dir else "")
+        inode.listing = None
+        self._by_child[(new_parent.ino, new_name)] = inode.ino
+        if inode.is_dir:
+            for other in self._by_ino.values():
+                if other is not inode and other.key.startswith(old_key) and \
+                        other.ino != ROOT_INODE:
+                    other.key = inode.key + other.key[len(old_key):]
+                    other.listing = None
+
+    def descendants(self, inode: Inode) -> list[Inode]:
+        """Every known inode beneath a directory (by key: keys under its prefix)."""
+        return [other for other in self._by_ino.values()
+                if other is not inode and other.ino != ROOT_INODE
+                and other.key.startswith(inode.key)]
+
     def forget(self, ino: int, count: int) -> None:
         inode = self._by_ino.get(ino)
         if inode is None or ino == ROOT_INODE:

@@ -25,6 +25,8 @@ from typing import Protocol
 
 import trio
 
+from driver import metrics
+
 
 class Sheddable(Protocol):
     def shed(self) -> None:
@@ -45,6 +47,7 @@ class MemoryBudget:
         self.waits = 0  # how many needed reservations had to wait (for tests and logs)
         self._waiters: deque[tuple[int, trio.Event]] = deque()
         self._holders: weakref.WeakSet[Sheddable] = weakref.WeakSet()
+        metrics.MEMORY_TARGET_BYTES.set(limit)
 
     def register(self, holder: Sheddable) -> None:
         self._holders.add(holder)
@@ -55,10 +58,12 @@ class MemoryBudget:
     def _take(self, size: int) -> None:
         self.used += size
         self.peak = max(self.peak, self.used)
+        metrics.MEMORY_PREFETCH.inc(size)
 
     def try_reserve(self, size: int, force: bool = False) -> bool:
         """Speculative: take `size` now if it fits and nobody waits (`force`: always)."""
         if not force and (self._waiters or not self._fits(size)):
+            metrics.MEMORY_TARGET_REACHED.inc()
             return False
         self._take(size)
         return True
@@ -112,5 +117,6 @@ class MemoryBudget:
 
     def release(self, size: int) -> None:
         self.used -= size
+        metrics.MEMORY_PREFETCH.dec(size)
         assert self.used >= 0, "released more than was reserved"
         self._wake()

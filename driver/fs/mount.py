@@ -19,6 +19,7 @@ import pyfuse3
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs.filesystem import Filesystem
 from driver.fs.fuse import FuseOperations
 from driver.options import MountOptions
@@ -26,6 +27,7 @@ from driver.store.base import ObjectStore
 
 log = structlog.get_logger()
 READ_AHEAD_KB = 16 * 1024
+METRICS_INTERVAL = 60.0  # seconds between --log-metrics lines
 
 
 def fuse_options(options: MountOptions, fsname: str) -> set[str]:
@@ -37,6 +39,8 @@ def fuse_options(options: MountOptions, fsname: str) -> set[str]:
         opts.add("allow_other")
     if options.allow_root:
         opts.add("allow_root")
+    if options.auto_unmount:
+        opts.add("auto_unmount")  # fusermount3 unmounts when this process exits
     return opts
 
 
@@ -79,7 +83,13 @@ def release_large_buffers_to_os(threshold: int = 1024 * 1024) -> None:
 
 def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: str,
           ready: Callable[[str | None], None]) -> int:
-    """Mount and serve until unmounted; `ready(None)` once live, `ready(error)` otherwise."""
+    """Mount and serve until unmounted; `ready(None)` once live, `ready(error)` otherwise.
+
+    `mountpoint` is a directory (libfuse mounts it, through fusermount3 when unprivileged)
+    or `/dev/fd/N`, a /dev/fuse descriptor the supervisor already mounted: then readiness
+    is reported once the loop runs, and the supervisor itself checks the mount answers and
+    raises its read-ahead (this process has no privileges to do so)."""
+    premounted = mountpoint.startswith("/dev/fd/")
     release_large_buffers_to_os()
     fs = Filesystem(store, options)
     operations = FuseOperations(fs, direct_io=options.direct_io)
@@ -88,7 +98,7 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     except RuntimeError as exc:
         ready(f"cannot mount at {mountpoint}: {exc}")
         return 1
-    device = mount_device(mountpoint)
+    device = None if premounted else mount_device(mountpoint)
     signalled = False
 
     async def main() -> None:
@@ -106,22 +116,34 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
                         return
 
             async def announce_ready() -> None:
-                await trio.to_thread.run_sync(os.stat, mountpoint)
+                if not premounted:
+                    await trio.to_thread.run_sync(os.stat, mountpoint)
                 # Only now: the kernel resets read-ahead when it processes FUSE INIT.
                 raise_read_ahead(device)
                 log.info("mounted", mountpoint=mountpoint, fsname=fsname)
                 ready(None)
 
+            async def log_metrics() -> None:
+                # mount-s3's --log-metrics: the same counters /metrics serves, in the log.
+                while True:
+                    await trio.sleep(METRICS_INTERVAL)
+                    log.info("store requests", interval=METRICS_INTERVAL,
+                             **metrics.store_request_counts())
+
             nursery.start_soon(watch_signals, name="signals")
             nursery.start_soon(announce_ready, name="ready")
+            if options.log_metrics:
+                nursery.start_soon(log_metrics, name="metrics")
             await pyfuse3.main()
             await fs.shutdown()
+            if options.log_metrics:
+                log.info("store requests", final=True, **metrics.store_request_counts())
             nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
     finally:
         with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=signalled)
+            pyfuse3.close(unmount=signalled and not premounted)
     log.info("unmounted", mountpoint=mountpoint)
     return 0

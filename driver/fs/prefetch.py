@@ -8,7 +8,9 @@ sequential read-ahead. Parts already read are kept for `keep_behind` bytes below
 offset read, because the kernel's read-ahead requests arrive somewhat out of order. Every
 byte a prefetcher holds is charged to the mount's `MemoryBudget` (driver/fs/memory.py):
 read-ahead only when it fits, the bytes a read waits on by waiting for room; a prefetcher
-gives back its idle parts (`shed`) when another reader or a writer is waiting.
+gives back its idle parts (`shed`) when another reader or a writer is waiting. With a
+block cache (`align` = its block size) parts end on block boundaries, so no two parts
+fetch the same block.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from driver import metrics
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
 
@@ -34,19 +37,25 @@ class _Part:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes = b""
+    data: bytes | bytearray | memoryview = b""
     error: BaseException | None = None
     dropped: bool = False
 
 
-Fetch = Callable[[int, int], Awaitable[bytes]]
+_FETCHED, _USED, _RESETS = (metrics.PREFETCH_BYTES, metrics.PREFETCH_USED_BYTES,
+                            metrics.PREFETCH_RESETS)
+Fetch = Callable[[int, int], Awaitable[bytes | bytearray | memoryview]]
 
 
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
-                 keep_behind: int = 32 * MiB, budget_timeout: float = math.inf) -> None:
+                 keep_behind: int = 32 * MiB,
+                 recycle: Callable[[bytes | bytearray | memoryview], None] | None = None,
+                 align: int = 1, budget_timeout: float = math.inf) -> None:
         self._fetch = fetch
+        self._recycle = recycle  # takes the data of dropped parts (a BufferPool's give)
+        self.align = align
         self._spawn = spawn  # nursery.start_soon of a nursery that outlives this file
         self._budget = budget
         self.size = size
@@ -96,6 +105,7 @@ class Prefetcher:
                 raise part.error
             lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
             pieces.append(memoryview(part.data)[lo:hi])  # no copy; pyfuse3 takes buffers
+        _USED.inc(length)
         self._highest = max(self._highest, end)
         self._evict()
         self._schedule(self._highest)
@@ -111,8 +121,10 @@ class Prefetcher:
             if self._parts and self._next < offset <= self._next + self.part_size:
                 self._next = offset  # a short skip forward: keep the stream, leave a hole
             else:
+                _RESETS.inc()
                 self._reset(offset)
         elif reach < end and reach != self._next:
+            _RESETS.inc()
             self._reset(offset)  # a hole inside the range: start over here
         elif offset >= self._highest >= self._stream_start + self._window:
             # The reader consumed a whole window in order: widen it. Counting consumed
@@ -131,7 +143,7 @@ class Prefetcher:
                 # This read holds its first bytes already: waiting while holding them
                 # could deadlock, so take just the rest of the read (at most one read's
                 # length over the budget, until it is evicted).
-                size = need_until - self._next
+                size = self._aligned(need_until - self._next)
                 self._budget.try_reserve(size, force=True)
             elif self._next <= offset and not self._budget.try_reserve(size):
                 self._evict(floor=offset)  # what lies behind this read goes first
@@ -156,7 +168,13 @@ class Prefetcher:
         size = min(self.part_size, self._window, self.size - self._next)
         if need_until > self._next:  # the reader waits on these bytes: one request
             size = max(size, min(need_until - self._next, self.part_size))
-        return min(size, self.size - self._next)
+        return self._aligned(min(size, self.size - self._next))
+
+    def _aligned(self, size: int) -> int:
+        if self.align > 1:  # end on a cache block boundary
+            size = min(-(-(self._next + size) // self.align) * self.align,
+                       self.size) - self._next
+        return size
 
     def _add_part(self, size: int) -> None:
         part = _Part(self._next, self._next + size)
@@ -194,6 +212,8 @@ class Prefetcher:
         left alone: a concurrent read may still be waiting on it and will slice it."""
         if part.done.is_set():
             self._budget.release(part.end - part.start)
+            if self._recycle is not None:
+                self._recycle(part.data)
         else:
             part.dropped = True  # _run releases it when the download ends
 
@@ -220,6 +240,7 @@ class Prefetcher:
     async def _run(self, part: _Part) -> None:
         try:
             part.data = await self._fetch(part.start, part.end)
+            _FETCHED.inc(len(part.data))
         except trio.Cancelled:
             part.error = OSError("prefetch cancelled")
             raise
@@ -229,6 +250,8 @@ class Prefetcher:
             part.done.set()
             if part.dropped:
                 self._budget.release(part.end - part.start)
+                if self._recycle is not None:
+                    self._recycle(part.data)
             elif self._budget.starved():
                 self.shed()  # read-ahead that just arrived is the first to go
 

@@ -15,6 +15,7 @@ they are taken, and a part keeps its charge until its upload ends; a writer wait
 
 A writer may continue after fsync: the committed object becomes the first part(s) of a new
 multipart upload (UploadPartCopy pinned to its ETag; a tail under 5 MiB is read back).
+An append (`resume`) starts the same way from an object that already exists.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import structlog
 import trio
 
+from driver import metrics
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
 from driver.store.base import ObjectStore, PartResult, StoreError, UploadOptions
@@ -38,6 +40,8 @@ MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 MAX_COPY_PART = 5 * 1024 * MiB
 CHARGE_STEP = 1 * MiB  # the budget is charged in steps of this, not per write call
 RunSync = Callable[..., Awaitable[Any]]
+# Bytes held: accepted from the writer and not yet sent, put, or dropped by an abort.
+_HELD, _PARTS = metrics.MEMORY_UPLOAD, metrics.UPLOAD_PARTS_IN_FLIGHT
 
 
 class Upload:
@@ -53,7 +57,10 @@ class Upload:
         self.size = 0  # bytes accepted from the writer
         self.etag: str | None = None  # of the last committed version
         self.committed_size = 0
-        self._buffer = bytearray()
+        # What the writer sent since the last part, as it came (pyfuse3's own bytes): a part is
+        # assembled with one join, the only copy between the kernel's data and the request.
+        self._chunks: list[bytes | memoryview] = []
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[PartResult] = []
         self._next_part = 1
@@ -66,8 +73,9 @@ class Upload:
         self.aborted = False
         self._budget = budget
         self._budget_timeout = budget_timeout
-        self._charged = 0  # budget bytes held for self._buffer
+        self._charged = 0  # budget bytes held for the buffered chunks
         self._since: float | None = None  # when this multipart cycle began (time.time())
+        self._failure_counted = False
 
     @property
     def dirty(self) -> bool:
@@ -75,6 +83,12 @@ class Upload:
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+
+    def resume(self, size: int, etag: str) -> None:
+        """Start from an existing object (append): it counts as committed content, which
+        the first write turns into the first part(s) of a new upload."""
+        self.size = self.committed_size = size
+        self.etag = etag
 
     async def _check(self) -> None:
         """Raise EIO once anything has failed, aborting the upload the first time."""
@@ -96,21 +110,18 @@ class Upload:
         if self.etag is not None and not self.dirty and self.size > 0:
             await self._reopen_committed()
         view = memoryview(data)
-        taken = 0
-        while taken < len(data):
-            room = min(self._charged, self.part_size) - len(self._buffer)
+        while view:
+            room = min(self._charged, self.part_size) - self._buffered
             if room <= 0:
                 await self._charge_next()
                 continue
-            piece = view[taken:taken + room]
-            self._buffer += piece
-            taken += len(piece)
+            piece, view = view[:room], view[room:]
+            self._chunks.append(piece)
+            self._buffered += len(piece)
             self.size += len(piece)
-            if len(self._buffer) >= self.part_size:
-                with memoryview(self._buffer) as buffer:  # one copy per part, not two
-                    chunk = bytes(buffer[: self.part_size])
-                del self._buffer[: self.part_size]
-                await self._send(chunk)
+            _HELD.inc(len(piece))  # counted piece by piece: a failed send leaves no stale count
+            if self._buffered >= self.part_size:
+                await self._send(self._take())
         return len(data)
 
     async def _charge_next(self) -> None:
@@ -138,6 +149,17 @@ class Upload:
         self._charged -= size
         if self._budget is not None:
             self._budget.release(size)
+
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes object (the one copy of a part)."""
+        chunks = self._chunks
+        self._chunks, self._buffered = [], 0
+        if len(chunks) == 1:
+            only = chunks[0]
+            if isinstance(only, memoryview) and isinstance(only.obj, bytes) \
+                    and len(only) == len(only.obj):
+                return only.obj  # one whole write of exactly a part: no copy at all
+        return b"".join(chunks)
 
     async def _ensure_upload(self) -> str:
         if self._upload_id is None:
@@ -179,17 +201,17 @@ class Upload:
             number = self._next_part
             self._next_part += 1
             await self._slots.acquire()  # back-pressure: wait for a free slot
+            try:
+                await self._check()
+            except BaseException:
+                self._slots.release()
+                raise
         except BaseException:
+            _HELD.dec(len(chunk))
             if self._budget is not None:
                 self._budget.release(charge)
             raise
-        try:
-            await self._check()
-        except BaseException:
-            self._slots.release()
-            if self._budget is not None:
-                self._budget.release(charge)
-            raise
+        _PARTS.inc()
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
@@ -206,9 +228,10 @@ class Upload:
                 self._error = exc
                 log.error("upload part failed", key=self.key, part=number, error=str(exc))
         finally:
-            del chunk
             if self._budget is not None and charge:
                 self._budget.release(charge)
+            _PARTS.dec()
+            _HELD.dec(len(chunk))
             self._inflight -= 1
             self._slots.release()
             if self._inflight == 0:
@@ -216,24 +239,35 @@ class Upload:
 
     async def commit(self) -> str:
         """Make everything written so far the object's content; return its ETag."""
+        was_dirty = self.dirty
+        try:
+            etag = await self._commit()
+        except FsError:
+            if not self._failure_counted:
+                self._failure_counted = True
+                metrics.UPLOADS_FAILED.inc()
+            raise
+        if was_dirty:
+            metrics.UPLOADS_OK.inc()
+        return etag
+
+    async def _commit(self) -> str:
         await self._check()
         if not self.dirty:
             assert self.etag is not None
             return self.etag
         if self._upload_id is None:
-            data = bytes(self._buffer)
-            self._buffer.clear()
+            data = self._take()
             try:
                 self.etag = await self._store_call(self.store.put, self.key, data,
                                                    self.options)
             finally:
+                _HELD.dec(len(data))
                 del data
                 self._uncharge(-1)
         else:
-            if self._buffer or not self._parts and self._inflight == 0:
-                chunk = bytes(self._buffer)
-                self._buffer.clear()
-                await self._send(chunk)
+            if self._buffered or not self._parts and self._inflight == 0:
+                await self._send(self._take())
             await self._idle.wait()
             await self._check()
             parts = sorted(self._parts, key=lambda part: part.number)
@@ -260,7 +294,9 @@ class Upload:
                     raise FsError(errno.EIO, f"write to {self.key}: {exc}") from exc
             self._charged += size
             data = await self._store_call(self.store.get_range, self.key, 0, size, etag)
-            self._buffer = bytearray(data) + self._buffer
+            self._chunks.insert(0, data)
+            self._buffered += len(data)
+            _HELD.inc(len(data))
             return
         upload_id = await self._ensure_upload()
         pieces = -(-size // MAX_COPY_PART)
@@ -279,7 +315,8 @@ class Upload:
             return
         self.aborted = True
         upload_id, self._upload_id = self._upload_id, None
-        self._buffer.clear()
+        _HELD.dec(self._buffered)
+        self._chunks, self._buffered = [], 0
         self._uncharge(-1)
         if upload_id is not None:
             with trio.CancelScope(shield=True):

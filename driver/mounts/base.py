@@ -1,77 +1,36 @@
-"""The narrow interface between the CSI node service and the FUSE servers it supervises.
+"""The narrow interface between the CSI node service and the supervisor.
 
-The node servicer translates CSI; a `Mounter` does processes and mounts: start a FUSE server
-for a `VolumeSpec` at a target (returning once the mount is live), check whether a recorded
-server still serves its target (used for volume health and to adopt mounts after a restart),
-refresh a live mount's credentials file, and stop (unmount, let pending uploads finish).
-`process.FuseProcessMounter` is the real one; unit tests use an in-memory fake.
-(driver/mounts/mounter.py is a different thing: the optional per-node mounter daemon.)
+The node servicer translates CSI; the supervisor (supervisor.py) does processes and
+mounts. `SupervisorClient` is what the node service holds: the same four calls over the
+supervisor's socket, whether the supervisor runs in the node plugin's process or as the
+chart's mounter daemon. Failures are `FailureError`s carrying a `FailureKind`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
-from typing import Literal, Protocol
+from typing import Protocol
 
 from driver.credentials.source import Credentials
-from driver.volume import VolumeSpec
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What is recorded about one running FUSE server (no secrets: only file paths)."""
-
-    pid: int
-    start_time: int  # /proc/<pid>/stat starttime: a reused PID is not mistaken for ours
-    credentials_file: str
-    log_file: str
-
-
-FailureKind = Literal["access_denied", "bucket_not_found", "unreachable", "busy", "timeout",
-                      "failed"]
-
-
-class MountFailed(Exception):
-    """A server could not be started or stopped; `kind` says what kind of failure it was."""
-
-    def __init__(self, kind: FailureKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class TargetState(Enum):
-    EMPTY = "empty"  # nothing mounted at the target
-    OURS = "ours"  # a cloudbucket FUSE mount (live or dead)
-    FOREIGN = "foreign"  # some other filesystem
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    message: str
+from driver.mounts.protocol import MountRequest, ServerStatus
 
 
 class Mounter(Protocol):
-    def start(self, spec: VolumeSpec, target: str,
-              spawned: Callable[[ServerInfo], None]) -> ServerInfo:
-        """Start a server for `spec` at `target` (an existing directory); return once the
-        mount is live. `spawned` is called with the new server's info as soon as it exists,
-        before it is ready, so the caller can record it. Raises MountFailed, leaving
-        nothing mounted and no process or credentials file behind."""
+    def mount(self, request: MountRequest) -> ServerStatus:
+        """Serve `request.bucket` at `request.target` (an existing directory); return once
+        the mount is live. A compatible repeat of a live mount refreshes its credentials and
+        returns. Raises FailureError, leaving nothing mounted, no process, no files."""
 
-    def check(self, server: ServerInfo, target: str) -> Health:
-        """Whether `server` is alive and its mount at `target` answers."""
+    def check(self, target: str) -> ServerStatus:
+        """Whether the server of `target` is alive and its mount answers (with why not);
+        FailureError(NOT_MOUNTED) when no server was started there."""
 
-    def update_credentials(self, server: ServerInfo, target: str,
-                           credentials: Credentials) -> None:
+    def update_credentials(self, target: str, credentials: Credentials) -> None:
         """Atomically rewrite a live server's credentials file (it re-reads it on refresh)."""
 
-    def stop(self, server: ServerInfo | None, target: str, terminate: bool = False) -> None:
-        """Unmount `target`, wait for `server` to finish pending uploads and exit, and remove
-        its files. With `terminate`, a server that does not exit is signalled. Idempotent."""
+    def list(self, probe: bool = True) -> list[ServerStatus]:
+        """Every server the supervisor records (without `probe`: from its records alone)."""
 
-    def target_state(self, target: str) -> TargetState:
-        """What is mounted at `target`, without touching the mount itself."""
+    def unmount(self, target: str, terminate: bool = False) -> None:
+        """Unmount `target`, wait for its server to finish pending uploads and exit, remove
+        its files. With `terminate`, a server that does not exit is signalled. Idempotent;
+        refuses (BUSY) a filesystem this driver did not mount."""

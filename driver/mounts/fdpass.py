@@ -5,9 +5,8 @@ privileged process opens /dev/fuse and mounts it (mount(2) with `fd=N`), then ha
 descriptor to an unprivileged process, which serves the filesystem on it; libfuse 3 (and so
 pyfuse3) takes an already-mounted descriptor as the mountpoint `/dev/fd/N`.
 
-Not wired into the CSI path yet: the mounter (driver/mounts/mounter.py) runs whole
-`cloudbucket-csi mount` processes. This module is the tested groundwork for letting the
-mounter drop its privileges later (see docs/packaging.md).
+The supervisor (supervisor.py) mounts with `mount_fuse` and hands the descriptor to the
+zygote, which forks the unprivileged server that serves it.
 """
 
 from __future__ import annotations

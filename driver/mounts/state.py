@@ -16,11 +16,9 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
-
-from driver.mounts.base import ServerInfo
 
 log = structlog.get_logger()
 
@@ -35,13 +33,12 @@ class MountRecord:
     target: str
     volume_id: str
     bucket: str
-    options: dict[str, str]  # mount options as `cloudbucket-csi mount` flags (no secrets)
+    options: dict[str, Any]  # MountOptions fields that differ from the defaults (no secrets)
     credentials_kind: str
     role_arn: str
     access_mode: str
     ephemeral: bool = False
     phase: Literal["starting", "ready"] = "starting"
-    server: ServerInfo | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -50,15 +47,19 @@ class MountRecord:
     @classmethod
     def from_json(cls, text: str) -> MountRecord:
         data = json.loads(text)
-        server = data.pop("server", None)
-        return cls(**data, server=ServerInfo(**server) if server else None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
 
 
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write `text` to `path` so readers see the old or the new content, never a mix."""
+def write_atomically(path: Path, text: str, mode: int = 0o600,
+                     owner: tuple[int, int] | None = None) -> None:
+    """Write `text` to `path` so readers see the old or the new content, never a mix;
+    `owner` (uid, gid) is set before the file appears under its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

@@ -2,7 +2,9 @@
 
 This servicer only translates: it validates the request (naming the bad field), builds a
 `VolumeSpec` through `driver.volume`, consults the on-disk record of what it published
-(`mounts.state`) for idempotency, and asks a `Mounter` to start, check or stop servers.
+(`mounts.state`) for idempotency, and asks the supervisor (through a `Mounter`: the
+`SupervisorClient`) to start, check or stop servers. Supervisor failures arrive as typed
+kinds; `_FAILURE_CODES` is the one table from kinds to gRPC codes.
 Idempotency is "read the recorded state, return early": a compatible repeat of a publish
 succeeds without remounting (and rewrites the credentials file, which is how a republish
 with a fresh service-account token refreshes a live mount); an incompatible one is
@@ -12,6 +14,7 @@ ALREADY_EXISTS. Unpublishing what is not there succeeds.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -21,29 +24,58 @@ import structlog
 
 from driver.credentials.source import Credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.mounts.base import Mounter, MountFailed, ServerInfo, TargetState
-from driver.mounts.process import remove_target_dir
+from driver.failures import FailureError, FailureKind
+from driver.mounts.base import Mounter
+from driver.mounts.protocol import MountRequest
 from driver.mounts.state import MountRecord, StateStore
 from driver.services import capabilities, legacy
 from driver.services.errors import CsiError, from_volume_error, invalid, require
 from driver.services.locks import KeyedLocks
-from driver.volume import VolumeError, VolumeSpec, is_ephemeral, volume_spec
+from driver.volume import (
+    CacheSettings,
+    VolumeError,
+    VolumeSpec,
+    is_ephemeral,
+    prune_cache_dirs,
+    volume_spec,
+    with_cache_dir,
+)
 
 log = structlog.get_logger()
 PROVISIONER_KEY_PREFIX = "storage.kubernetes.io/"
 
-_FAILURE_CODES = {
-    "access_denied": grpc.StatusCode.PERMISSION_DENIED,
-    "bucket_not_found": grpc.StatusCode.NOT_FOUND,
-    "unreachable": grpc.StatusCode.UNAVAILABLE,
-    "busy": grpc.StatusCode.FAILED_PRECONDITION,
-    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "failed": grpc.StatusCode.INTERNAL,
+POD_NAMESPACE_KEY = "csi.storage.k8s.io/pod.namespace"
+POD_NAME_KEY = "csi.storage.k8s.io/pod.name"
+
+# The one table from supervisor failure kinds to gRPC codes.
+_FAILURE_CODES: dict[FailureKind, grpc.StatusCode] = {
+    FailureKind.ACCESS_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    FailureKind.BUCKET_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    FailureKind.UNREACHABLE: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.INVALID_OPTION: grpc.StatusCode.INVALID_ARGUMENT,
+    FailureKind.BUSY: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.PENDING: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.NOT_MOUNTED: grpc.StatusCode.NOT_FOUND,
+    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailureKind.FAILED: grpc.StatusCode.INTERNAL,
 }
 
 
-def _csi_error(exc: MountFailed, what: str) -> CsiError:
+def csi_error(exc: FailureError, what: str) -> CsiError:
     return CsiError(_FAILURE_CODES[exc.kind], f"{what}: {exc.message}")
+
+
+def remove_target_dir(target: str) -> None:
+    """rmdir the target path; gone already is fine, anything else is the caller's error."""
+    try:
+        os.rmdir(target)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            os.unlink(target)
+        else:
+            raise
 
 
 def credentials_source(credentials: Credentials) -> str:
@@ -72,22 +104,20 @@ class _Wanted:
     access_mode: str
     ephemeral: bool
 
-    def record(self, server: ServerInfo | None,
-               phase: Literal["starting", "ready"]) -> MountRecord:
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def record(self, phase: Literal["starting", "ready"]) -> MountRecord:
         return MountRecord(
             target=self.target, volume_id=self.volume_id, bucket=self.spec.bucket,
-            options=_option_map(self.spec), credentials_kind=self.spec.credentials.kind,
+            options=self.spec.options.changed(), credentials_kind=self.spec.credentials.kind,
             role_arn=self.spec.credentials.role_arn, access_mode=self.access_mode,
-            ephemeral=self.ephemeral, phase=phase, server=server,
+            ephemeral=self.ephemeral, phase=phase,
         )
 
-
-def _option_map(spec: VolumeSpec) -> dict[str, str]:
-    result = {}
-    for arg in spec.options.to_args():
-        name, _, value = arg.removeprefix("--").partition("=")
-        result[name] = value or "true"
-    return result
+    def request(self) -> MountRequest:
+        return MountRequest(volume_id=self.volume_id, target=self.target,
+                            bucket=self.spec.bucket, options=self.spec.options,
+                            credentials=self.spec.credentials, labels=self.labels)
 
 
 def _differences(record: MountRecord, wanted: MountRecord) -> list[str]:
@@ -97,7 +127,8 @@ def _differences(record: MountRecord, wanted: MountRecord) -> list[str]:
         diffs.append("volumeAttributes.bucketName")
     for name in sorted(set(record.options) | set(wanted.options)):
         if record.options.get(name) != wanted.options.get(name):
-            diffs.append("readonly" if name == "read-only" else f"mount option {name}")
+            diffs.append("readonly" if name == "read_only"
+                         else f"mount option {name.replace('_', '-')}")
     if (record.credentials_kind, record.role_arn) != (wanted.credentials_kind,
                                                       wanted.role_arn):
         diffs.append("credentials source (secret vs roleArn)")
@@ -107,10 +138,13 @@ def _differences(record: MountRecord, wanted: MountRecord) -> list[str]:
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, node_id: str, state: StateStore, mounter: Mounter) -> None:
+    def __init__(self, node_id: str, state: StateStore, mounter: Mounter,
+                 supervisor_metrics: str | None = None) -> None:
         self.node_id = node_id
         self.state = state
         self.mounter = mounter
+        self._supervisor_metrics = supervisor_metrics  # the daemon's own /metrics socket
+        self._cache = CacheSettings.from_env(os.environ)  # the chart's node.cache* values
         # Serializes every call that touches one volume id, and separately one target path
         # (two volumes must not race for the same path). Always taken volume first, then
         # target, so two calls can never wait on each other in a cycle.
@@ -128,26 +162,51 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         """
         adopted = cleaned = 0
         for record in self.state.all():
-            health = None
-            if record.server is not None and record.phase == "ready":
-                health = self.mounter.check(record.server, record.target)
-            if health is not None and health.ok:
+            healthy, reason = self._health(record, quiet=True)
+            if healthy:
                 adopted += 1
-                log.info("adopted mount", target=record.target, volume_id=record.volume_id,
-                         pid=record.server.pid if record.server else None)
+                log.info("adopted mount", target=record.target, volume_id=record.volume_id)
                 continue
-            reason = health.message if health else f"publish interrupted ({record.phase})"
             log.warning("cleaning up stale mount", target=record.target,
                         volume_id=record.volume_id, reason=reason)
             try:
-                self.mounter.stop(record.server, record.target, terminate=True)
-            except MountFailed as exc:
+                self.mounter.unmount(record.target, terminate=True)
+            except FailureError as exc:
                 log.error("could not clean up stale mount", target=record.target,
                           error=exc.message)
                 continue
             self.state.delete(record.target)
             cleaned += 1
+        self._prune_caches()
         return adopted, cleaned
+
+    def _prune_caches(self) -> None:
+        """Caches of volumes gone from this node (after the retention grace) are removed."""
+        if not self._cache.root:
+            return
+        live = [record.options.get("cache") for record in self.state.all()]
+        try:
+            removed = prune_cache_dirs(self._cache.root, live, self._cache.retention)
+        except OSError as exc:
+            log.warning("cannot prune caches", root=self._cache.root, error=str(exc))
+            return
+        if removed:
+            log.info("removed caches of volumes gone from this node", count=len(removed))
+
+    def metrics_sources(self) -> list[tuple[str, dict[str, str]]]:
+        """(metrics socket, labels) of every published mount, for the node's /metrics; plus
+        the supervisor daemon's own socket (no labels) when it runs apart."""
+        try:
+            servers = self.mounter.list(probe=False)
+        except FailureError as exc:
+            log.warning("cannot list mounts for metrics", error=exc.message)
+            servers = []
+        sources = [(server.metrics_socket, {"volume_id": server.volume_id,
+                                            "bucket": server.bucket, **server.labels})
+                   for server in servers if server.metrics_socket]
+        if self._supervisor_metrics:
+            sources.append((self._supervisor_metrics, {}))
+        return sources
 
     # -- info ----------------------------------------------------------------------------
 
@@ -183,10 +242,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         try:
             spec = volume_spec(context_map, list(request.volume_capability.mount.mount_flags),
                                dict(request.secrets), readonly)
+            spec = with_cache_dir(spec, volume_id, self._cache)
         except VolumeError as exc:
             raise from_volume_error(exc) from None
+        labels = {name: context_map[key] for name, key in
+                  (("pod_namespace", POD_NAMESPACE_KEY), ("pod_name", POD_NAME_KEY))
+                  if context_map.get(key)}
         wanted = _Wanted(volume_id, target, spec, capabilities.mode_name(mode),
-                         is_ephemeral(context_map))
+                         is_ephemeral(context_map), labels)
         with self._locks.hold(f"volume:{volume_id}", f"target:{target}"):
             self._publish(wanted)
         return csi_pb2.NodePublishVolumeResponse()
@@ -199,30 +262,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
                                f"target_path {target} already has volume {record.volume_id} "
                                f"published; cannot publish volume {volume_id} there")
-            diffs = _differences(record, wanted.record(None, "ready"))
+            diffs = _differences(record, wanted.record("ready"))
             if diffs:
                 raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
                                f"volume {volume_id} is already published at {target} with a "
                                f"different {', '.join(diffs)}")
-            health = (self.mounter.check(record.server, target) if record.server
-                      else None)
-            if health is not None and health.ok:
+            healthy, reason = self._health(record, quiet=True)
+            if healthy:
                 # Compatible repeat (kubelet retry, or a republish with a fresh token):
                 # nothing to mount, but the credentials may be new.
-                self.mounter.update_credentials(record.server, target,
-                                                wanted.spec.credentials)
+                try:
+                    self.mounter.update_credentials(target, wanted.spec.credentials)
+                except FailureError as exc:
+                    raise csi_error(exc, f"refreshing the credentials of {target}") from None
                 return
             log.warning("republishing over a dead mount", target=target, volume_id=volume_id,
-                        reason=health.message if health else "publish was interrupted")
+                        reason=reason)
             self._stop(record, terminate=True)
-        else:
-            state = self.mounter.target_state(target)
-            if state is TargetState.FOREIGN:
-                raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"target_path {target} already has a filesystem mounted that "
-                               "this driver did not mount")
-            if state is TargetState.OURS:  # left by a publish interrupted before recording
-                self.mounter.stop(None, target, terminate=True)
         self._check_single_writer(wanted)
         created = not os.path.isdir(target)
         try:
@@ -230,24 +286,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         except OSError as exc:
             raise CsiError(grpc.StatusCode.INTERNAL,
                            f"target_path {target}: cannot create it: {exc.strerror}") from None
+        self.state.put(wanted.record("starting"))
         try:
-            server = self.mounter.start(
-                wanted.spec, target,
-                spawned=lambda server: self.state.put(wanted.record(server, "starting")))
-        except MountFailed as exc:
+            self.mounter.mount(wanted.request())
+        except FailureError as exc:
             self.state.delete(target)
             if created:
                 remove_target_dir(target)
             what = f"mounting bucket {wanted.spec.bucket} at {target}"
-            if exc.kind == "access_denied":
+            if exc.kind is FailureKind.ACCESS_DENIED:
                 what += f" with {credentials_source(wanted.spec.credentials)}"
-            raise _csi_error(exc, what) from None
+            raise csi_error(exc, what) from None
         except BaseException:
             self.state.delete(target)
             if created:
                 remove_target_dir(target)
             raise
-        self.state.put(wanted.record(server, "ready"))
+        self.state.put(wanted.record("ready"))
 
     def _check_single_writer(self, wanted: _Wanted) -> None:
         """SINGLE_NODE_SINGLE_WRITER: published at one target at a time on this node."""
@@ -276,49 +331,43 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                                f"{target} (volume {record.volume_id} is)")
             if record is not None:
                 self._stop(record)
-            else:
-                state = self.mounter.target_state(target)
-                if state is TargetState.FOREIGN:
-                    raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"target_path {target} has a filesystem mounted that this "
-                                   "driver did not mount; not touching it")
-                if state is TargetState.OURS:
-                    self._stop_unrecorded(target)
+            else:  # not recorded: whatever of ours is mounted there goes (foreign: refused)
+                try:
+                    self.mounter.unmount(target, terminate=True)
+                except FailureError as exc:
+                    raise csi_error(exc, f"unpublishing {target}") from None
             try:
                 remove_target_dir(target)
             except OSError as exc:
                 raise CsiError(grpc.StatusCode.INTERNAL,
                                f"target_path {target}: cannot remove it after unmounting: "
                                f"{exc.strerror}") from None
+        self._prune_caches()
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def _stop(self, record: MountRecord, terminate: bool = False) -> None:
         try:
-            self.mounter.stop(record.server, record.target, terminate=terminate)
-        except MountFailed as exc:
-            code = (grpc.StatusCode.UNAVAILABLE if exc.kind == "busy"
-                    else _FAILURE_CODES[exc.kind])
-            raise CsiError(code, f"unpublishing {record.target}: {exc.message}") from None
+            self.mounter.unmount(record.target, terminate=terminate)
+        except FailureError as exc:
+            raise csi_error(exc, f"unpublishing {record.target}") from None
         self.state.delete(record.target)
-
-    def _stop_unrecorded(self, target: str) -> None:
-        try:
-            self.mounter.stop(None, target, terminate=True)
-        except MountFailed as exc:
-            raise CsiError(grpc.StatusCode.UNAVAILABLE,
-                           f"unpublishing {target}: {exc.message}") from None
 
     # -- stats and health ----------------------------------------------------------------
 
-    def _health(self, record: MountRecord) -> tuple[bool, str]:
-        """(abnormal, message) for one published target."""
-        if record.server is None or record.phase != "ready":
-            return True, "the volume is still being published"
-        health = self.mounter.check(record.server, record.target)
-        if not health.ok:  # stats calls log quietly; an abnormal volume is worth a warning
+    def _health(self, record: MountRecord, quiet: bool = False) -> tuple[bool, str]:
+        """(healthy, message) for one published target."""
+        if record.phase != "ready":
+            return False, "the volume is still being published"
+        try:
+            status = self.mounter.check(record.target)
+        except FailureError as exc:
+            healthy, message = False, exc.message
+        else:
+            healthy, message = status.ok, status.message
+        if not healthy and not quiet:  # an abnormal volume is worth a warning
             log.warning("volume abnormal", volume_id=record.volume_id, target=record.target,
-                        reason=health.message)
-        return not health.ok, health.message
+                        reason=message)
+        return healthy, message
 
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
                            context: grpc.ServicerContext,
@@ -329,7 +378,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if record is None or record.volume_id != volume_id:
             raise CsiError(grpc.StatusCode.NOT_FOUND,
                            f"volume {volume_id} is not published at volume_path {path}")
-        abnormal, message = self._health(record)
+        healthy, message = self._health(record)
+        abnormal = not healthy
         # A bucket has no size or free space to report: one BYTES entry with no numbers is
         # the honest answer (every number is OPTIONAL and 0 means unknown in CSI).
         response = csi_pb2.NodeGetVolumeStatsResponse(
@@ -354,8 +404,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         # One entry at most: the spec forbids two entries with the same (status, reason).
         problems = []
         for record in records:
-            abnormal, message = self._health(record)
-            if abnormal:
+            healthy, message = self._health(record)
+            if not healthy:
                 problems.append(f"{record.target}: {message}")
         statuses = [csi_pb2.VolumeHealth.VolumeHealthEntry(
             status=csi_pb2.INACCESSIBLE, reason="MountNotServing",

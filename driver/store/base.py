@@ -71,6 +71,7 @@ class UploadOptions:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     checksum: str | None = None  # "crc32c" or None
+    content_type: str | None = None  # None: the store's default (binary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,9 @@ class ObjectStore(Protocol):
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         """Bytes [start, end) of `key`; PreconditionFailed when its ETag is not `etag`."""
 
+    # Optional, not part of the protocol: `get_range_into(key, start, end, etag, out)` fills
+    # the caller's buffer instead (S3Store has it); the filesystem then pools part buffers.
+
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         """Write a whole object in one request; return its ETag."""
 
@@ -122,6 +126,10 @@ class ObjectStore(Protocol):
         """After a write of `key` ends (completed or aborted): abort uploads of `key` that
         its retried requests may have started since `since` (time.time()); return how many.
         Costs no request unless a create of `key` was retried or failed."""
+
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        """Server-side copy of `source` (pinned to its ETag: PreconditionFailed when it
+        changed) to `dest_key`, which appears whole or not at all; return the new ETag."""
 
     def delete(self, key: str) -> None:
         """Delete `key`; a key already gone (also after a retry) is done, not an error."""

@@ -9,9 +9,10 @@ keeps the filesystem's contract (parts in parallel and in any order, nothing vis
 the final name until complete, abort leaves nothing):
 - `create_upload` writes a marker `/.cloudbucket-uploads/<id>/upload` whose metadata
   names the final key (so `list_uploads` can find abandoned uploads);
-- each part is an object `/.cloudbucket-uploads/<id>/<number>`; `upload_part_copy`
-  downloads the range pinned to the source generation and uploads it as a part (GCS has
-  no server-side ranged copy);
+- each part is an object `/.cloudbucket-uploads/<id>/<number>`; `upload_part_copy` of a
+  whole object composes it server-side into the part (so an append is compose of the old
+  object and the new bytes), and of a range downloads it pinned to the source generation
+  and uploads it (GCS has no server-side ranged copy);
 - `complete_upload` composes the parts (32 sources per compose call, so more parts are
   composed in rounds into intermediates) into the final key, then deletes the temporaries;
 - `abort_upload` deletes the temporaries.
@@ -27,6 +28,8 @@ reply fails its precondition, and the compose counts as done exactly when the ke
 holds a newer object of the expected size and component count (`_reconcile_compose`).
 A ranged read cut mid-body resumes from the first missing byte, pinned to the generation.
 Every client error is translated in `_translate`, the one table for this backend.
+`copy` (rename) is a rewrite pinned to the source generation, repeated while GCS asks for
+more rounds (large objects, other storage classes).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.observe import instrument_gcs
 from driver.store.retry import Attempts, Retrier, Timeouts
 
 log = structlog.get_logger()
@@ -140,7 +144,9 @@ class GcsStore:
 
     def __init__(self, bucket: str, credentials: google.auth.credentials.Credentials,
                  project: str | None = None, *, endpoint_url: str | None = None,
-                 max_pool: int = 16, timeouts: Timeouts | None = None) -> None:
+                 max_pool: int = 16, ca_bundle: str | None = None,
+                 user_agent_prefix: str | None = None,
+                 timeouts: Timeouts | None = None) -> None:
         """`credentials` are google-auth's (built by driver/connect.py); they refresh
         themselves, re-reading the mount's credentials file where that applies."""
         self.bucket = bucket
@@ -150,13 +156,21 @@ class GcsStore:
         self._suspects: dict[str, float] = {}  # key -> when a create of it failed
         self._lock = threading.Lock()
         options = ClientOptions(api_endpoint=endpoint_url) if endpoint_url else None
+        client_info = None
+        if user_agent_prefix:
+            from google.api_core.client_info import ClientInfo
+
+            client_info = ClientInfo(user_agent=user_agent_prefix)
         with _translated(f"bucket {bucket}"):
             self._client = storage.Client(project=project or "<none>", credentials=credentials,
-                                          client_options=options)
+                                          client_options=options, client_info=client_info)
+        if ca_bundle:
+            self._client._http.verify = ca_bundle  # a requests.Session: trust these CAs
         # One HTTP connection per worker thread, as for S3.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max_pool)
         self._client._http.mount("https://", adapter)
         self._client._http.mount("http://", adapter)
+        instrument_gcs(self._client._http)
         self._bucket = self._client.bucket(bucket)
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any,
@@ -250,8 +264,9 @@ class GcsStore:
         if metadata:
             blob.metadata = metadata
         checksum = "crc32c" if options is not None and options.checksum == "crc32c" else None
+        content_type = options.content_type if options is not None else None
         self._call(f"PUT {key}", blob.upload_from_string, bytes(data),
-                   content_type="application/octet-stream", checksum=checksum)
+                   content_type=content_type or "application/octet-stream", checksum=checksum)
         return blob
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
@@ -267,7 +282,8 @@ class GcsStore:
     def create_upload(self, key: str, options: UploadOptions) -> str:
         upload_id = uuid.uuid4().hex
         meta = {"key": key, "storage-class": options.storage_class or "",
-                "kms-key": options.sse_kms_key_id or ""}
+                "kms-key": options.sse_kms_key_id or "",
+                "content-type": options.content_type or ""}
         began = time.time()
         try:  # a retry rewrites the same marker: nothing to reconcile on success
             self._upload(self._part_name(upload_id, "upload"), b"", None, metadata=meta)
@@ -298,6 +314,17 @@ class GcsStore:
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                          start: int, end: int, source_etag: str) -> PartResult:
+        if start == 0:
+            source = self._call(f"HEAD {source_key}", self._bucket.get_blob, source_key)
+            if source is None:
+                raise NotFound(f"{source_key} does not exist")
+            if str(source.generation) != source_etag:
+                raise PreconditionFailed(f"{source_key} changed")
+            if int(source.size or 0) == end:  # the whole object: compose it server-side
+                part = self._bucket.blob(self._part_name(upload_id, number))
+                pinned = self._bucket.blob(source_key, generation=source.generation)
+                self._call(f"compose {key}", part.compose, [pinned])  # same name on retry
+                return PartResult(number, str(part.generation), size=end)
         data = self.get_range(source_key, start, end, source_etag)
         blob = self._upload(self._part_name(upload_id, number), data, None)
         return PartResult(number, str(blob.generation), size=len(data))
@@ -327,7 +354,7 @@ class GcsStore:
                 grouped.append(target)
             sources = grouped
         final = self._bucket.blob(key)
-        final.content_type = "application/octet-stream"
+        final.content_type = meta.get("content-type") or "application/octet-stream"
         if meta.get("storage-class"):
             final.storage_class = meta["storage-class"]
         if meta.get("kms-key"):
@@ -411,6 +438,22 @@ class GcsStore:
                                   blob.time_created))
             if not page_token:
                 return found
+
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        pinned = self._bucket.blob(source.key, generation=_generation(source.etag))
+        dest = self._bucket.blob(dest_key)
+        if options.storage_class:
+            dest.storage_class = options.storage_class
+        if options.content_type:
+            dest.content_type = options.content_type
+        token: str | None = None
+        with _translated(f"rewrite {source.key} -> {dest_key}"):
+            while True:  # GCS may need several rounds for a large object
+                token, _, _ = dest.rewrite(pinned, token=token,
+                                           if_source_generation_match=_generation(source.etag),
+                                           timeout=self._timeout)
+                if token is None:
+                    return str(dest.generation)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFound):  # S3 deletes are idempotent; keep that

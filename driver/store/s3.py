@@ -7,6 +7,16 @@ resume from the first missing byte, pinned to the ETag of the first answer. Erro
 translated into the store's error family in `_translate`, the one place that does.
 Checksums of whole responses are off (`when_required`): ranged GETs are pinned by ETag
 instead, and uploads carry an explicit CRC32C per part when --upload-checksums=crc32c.
+
+ListObjectsV2 keeps botocore's signing, retries and error parsing, but a 200 response's
+body is parsed by `_parse_list` (ElementTree's C parser, far cheaper than botocore's
+shape-driven parser) in a `before-parse` handler, which then hands botocore an empty body:
+neither its parser nor its 200-error check (`_looks_like_special_case_error`, which parses
+every body a second time; `_before_parse` runs it for every other response) walks the 1,000
+entries again. A body that is not a well-formed
+ListBucketResult is left to botocore, so truncated or embedded-error 200s are still retried.
+Keys are requested url-encoded (`EncodingType=url`, as botocore does by default) and
+decoded here with botocore's own function.
 """
 
 from __future__ import annotations
@@ -15,15 +25,23 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import socket
 import threading
 import time
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 import structlog
+from botocore import UNSIGNED
+from botocore.compat import unquote_str
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 
 from driver.store.base import (
     AccessDenied,
@@ -38,6 +56,7 @@ from driver.store.base import (
     StoreError,
     UploadOptions,
 )
+from driver.store.observe import instrument_s3
 from driver.store.retry import Attempts, Retrier, Timeouts
 
 log = structlog.get_logger()
@@ -66,6 +85,9 @@ def retryable(exc: BaseException) -> bool:
                       | botocore.exceptions.IncompleteReadError
                       | botocore.exceptions.ResponseStreamingError
                       | _ShortRead)
+MiB = 1024 * 1024
+MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied part by part
+COPY_PART = 1024 * MiB  # part size of a multipart copy (at most 10,000 parts: 10 TiB)
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -126,19 +148,148 @@ def _info(key: str, size: int, etag: str, modified: Any) -> ObjectInfo:
     return ObjectInfo(key=key, size=int(size), etag=etag, last_modified=modified)
 
 
-def client_config(max_pool: int, path_style: bool,
-                  timeouts: Timeouts | None = None) -> Config:
+READINTO_CHUNK = 256 * 1024
+_PAGE = "CloudbucketListPage"  # where the handler leaves the parsed page in the response
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)  # S3's ISO 8601 ("...T12:00:00.000Z"), in C
+    except ValueError:
+        return parse_timestamp(text)  # anything else botocore accepts
+
+
+def _decode(value: str) -> str:
+    # botocore decodes EncodingType=url with unquote_plus; skip it when nothing is encoded.
+    return unquote_str(value) if "%" in value or "+" in value else value
+
+
+def _parse_list(body: bytes) -> ListPage | None:
+    """A ListObjectsV2 result body as a ListPage; None when it is not one (botocore decides)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    tag = root.tag
+    ns = tag[:tag.index("}") + 1] if tag.startswith("{") else ""
+    if tag != ns + "ListBucketResult":
+        return None
+    contents, common, key_tag, size_tag = ns + "Contents", ns + "CommonPrefixes", \
+        ns + "Key", ns + "Size"
+    etag_tag, modified_tag, prefix_tag = ns + "ETag", ns + "LastModified", ns + "Prefix"
+    encoded = root.findtext(ns + "EncodingType") == "url"
+    objects: list[ObjectInfo] = []
+    prefixes: list[str] = []
+    for child in root:
+        if child.tag == contents:
+            key = child.findtext(key_tag) or ""
+            modified = child.findtext(modified_tag)
+            objects.append(ObjectInfo(
+                _decode(key) if encoded else key, int(child.findtext(size_tag) or 0),
+                child.findtext(etag_tag) or "", _timestamp(modified) if modified else None))
+        elif child.tag == common:
+            prefix = child.findtext(prefix_tag) or ""
+            prefixes.append(_decode(prefix) if encoded else prefix)
+    truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
+    token = root.findtext(ns + "NextContinuationToken") if truncated else None
+    if truncated and not token:
+        return None  # a truncated page without a token: botocore's parser reports it
+    return ListPage(objects, prefixes, token)
+
+
+# botocore's check for S3 errors embedded in 200 responses parses every body once more. It is
+# registered first on "before-parse.s3.*", ahead of any handler we could add, so on our
+# client it is replaced by `_before_parse`, which runs it for everything but the list pages
+# it has parsed itself.
+_check_200_error: Callable[..., None] | None = getattr(botocore.handlers, "_handle_200_error",
+                                                       None)
+
+
+def _before_parse(operation_model: Any, response_dict: dict[str, Any],
+                  customized_response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """before-parse.s3.*: parse a ListObjectsV2 200 body here and hide it from botocore."""
+    body = response_dict.get("body")
+    if operation_model.name == "ListObjectsV2" and response_dict.get("status_code") == 200 \
+            and isinstance(body, bytes) and body:
+        page = _parse_list(body)
+        if page is not None:
+            customized_response_dict[_PAGE] = page
+            response_dict["body"] = b""
+            return
+    if _check_200_error is not None:
+        _check_200_error(operation_model=operation_model, response_dict=response_dict,
+                         customized_response_dict=customized_response_dict, **kwargs)
+
+
+def _install_fast_list(client: Any) -> None:
+    events = client.meta.events  # this client's own copy of the session's handlers
+    if _check_200_error is not None:
+        events.unregister("before-parse.s3.*", _check_200_error)
+    events.register_first("before-parse.s3.*", _before_parse)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """mount-s3's client flags, as the S3 client applies them."""
+
+    unsigned: bool = False  # --no-sign-request: anonymous requests
+    ca_bundle: str | None = None  # PEM file: the CAs trusted for the endpoint's TLS
+    expected_bucket_owner: str | None = None  # sent as x-amz-expected-bucket-owner
+    user_agent_prefix: str | None = None
+    accelerate: bool = False
+    dual_stack: bool = False
+    bind_interface: str | None = None  # SO_BINDTODEVICE on every connection
+
+
+def client_config(max_pool: int, path_style: bool, timeouts: Timeouts | None = None,
+                  settings: ClientSettings | None = None) -> Config:
+    settings = settings or ClientSettings()
     timeouts = timeouts or Timeouts()
+    s3: dict[str, Any] = {"addressing_style": "path" if path_style else "auto"}
+    if settings.accelerate:
+        s3["use_accelerate_endpoint"] = True
+    extra: dict[str, Any] = {}
+    if settings.unsigned:
+        extra["signature_version"] = UNSIGNED
+    if settings.dual_stack:
+        extra["use_dualstack_endpoint"] = True
     return Config(
         max_pool_connections=max_pool,
-        s3={"addressing_style": "path" if path_style else "auto"},
+        s3=s3,
         retries={"mode": "standard", "total_max_attempts": 1},  # retries are ours
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        **extra,
     )
+
+
+def _apply_settings(client: Any, settings: ClientSettings) -> None:
+    """What botocore's Config cannot say: headers on every request, a bound interface."""
+    owner, prefix = settings.expected_bucket_owner, settings.user_agent_prefix
+    if owner or prefix:
+        def add_headers(request: Any, **_: Any) -> None:
+            if owner:
+                request.headers["x-amz-expected-bucket-owner"] = owner
+            if prefix:
+                agent = request.headers.get("User-Agent", "")
+                agent = agent.decode() if isinstance(agent, bytes) else agent
+                request.headers["User-Agent"] = f"{prefix} {agent}".strip()
+
+        # before-sign: the headers are part of what SigV4 signs (and sent unsigned too).
+        client.meta.events.register("before-sign.s3", add_headers)
+    if settings.bind_interface:
+        # botocore has no public knob for socket options; its URLLib3Session keeps them
+        # in `_socket_options`, applied to every new connection of every pool.
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        options = getattr(session, "_socket_options", None)
+        if not isinstance(options, list):
+            raise InvalidRequest("bind: this botocore cannot bind connections to an "
+                                 "interface")
+        options.append((socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                        settings.bind_interface.encode()))
 
 
 def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
@@ -146,6 +297,7 @@ def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
     """The bucket's region from HeadBucket's x-amz-bucket-region (also sent with a 301)."""
     client = session.client("s3", region_name="us-east-1", endpoint_url=endpoint_url,
                             config=config)
+    instrument_s3(client)
     try:
         response = client.head_bucket(Bucket=bucket)
         headers = response["ResponseMetadata"]["HTTPHeaders"]
@@ -164,18 +316,24 @@ class S3Store:
     def __init__(self, bucket: str, session: boto3.Session, *, endpoint_url: str | None = None,
                  region: str | None = None, path_style: bool = False,
                  requester_pays: bool = False, max_pool: int = 16,
+                 settings: ClientSettings | None = None,
                  timeouts: Timeouts | None = None) -> None:
         self.bucket = bucket
+        settings = settings or ClientSettings()
         self.timeouts = timeouts or Timeouts()
         self._retrier = Retrier(self.timeouts, retryable)
-        self._config = client_config(max_pool, path_style, self.timeouts)
+        self._config = client_config(max_pool, path_style, self.timeouts, settings=settings)
         self._session = session
         self._endpoint_url = endpoint_url
+        verify: str | None = settings.ca_bundle
         if region is None and endpoint_url is None:
             region = detect_region(session, bucket, None, self._config)
         self.region = region or "us-east-1"
         self._client = session.client("s3", region_name=self.region, endpoint_url=endpoint_url,
-                                      config=self._config)
+                                      config=self._config, verify=verify)
+        _install_fast_list(self._client)
+        _apply_settings(self._client, settings)
+        instrument_s3(self._client)
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
         # key -> earliest time.time() a create of it was retried or failed (see
         # reconcile_uploads).
@@ -204,7 +362,9 @@ class S3Store:
 
     def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
                   max_keys: int = 1000, start_after: str | None = None) -> ListPage:
-        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys, **self._payer}
+        # EncodingType given explicitly: botocore then leaves decoding to `_parse_list`.
+        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys, "EncodingType": "url",
+                                  **self._payer}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         if token:
@@ -212,54 +372,76 @@ class S3Store:
         if start_after:
             kwargs["StartAfter"] = start_after
         response = self._call(f"LIST {prefix}", self._client.list_objects_v2, **kwargs)
+        page = response.get(_PAGE)
+        if isinstance(page, ListPage):
+            return page
+        # botocore parsed it (a body `_parse_list` declined); keys are still url-encoded.
+        encoded = response.get("EncodingType") == "url"
+
+        def decode(value: str) -> str:
+            return _decode(value) if encoded else value
+
         objects = [
-            _info(item["Key"], item["Size"], item.get("ETag", ""), item.get("LastModified"))
+            _info(decode(item["Key"]), item["Size"], item.get("ETag", ""),
+                  item.get("LastModified"))
             for item in response.get("Contents", ())
         ]
-        prefixes = [item["Prefix"] for item in response.get("CommonPrefixes", ())]
+        prefixes = [decode(item["Prefix"]) for item in response.get("CommonPrefixes", ())]
         next_token = response.get("NextContinuationToken") if response.get("IsTruncated") \
             else None
         return ListPage(objects, prefixes, next_token)
 
+    def _get(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{end - 1}", **self._payer}
+        if etag:
+            kwargs["IfMatch"] = etag
+        response: dict[str, Any] = self._client.get_object(Bucket=self.bucket, **kwargs)
+        # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
+        if etag and response.get("ETag") and response["ETag"] != etag:
+            response["Body"].close()
+            raise PreconditionFailed(f"GET {key}: object changed since open")
+        return response
+
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
-        """Bytes [start, end): a GET cut mid-body resumes from the first missing byte,
-        pinned to the ETag the first answer had, until the operation's deadline."""
         if end <= start:
             return b""
-        chunks: list[bytes] = []
-        got = 0
+        out = bytearray(end - start)
+        self.get_range_into(key, start, end, etag, memoryview(out))
+        return bytes(out) if len(out) < READINTO_CHUNK else out  # type: ignore[return-value]
+
+    def get_range_into(self, key: str, start: int, end: int, etag: str | None,
+                       out: memoryview) -> None:
+        """Bytes [start, end) of `key` into `out` (a buffer of end - start bytes). A GET
+        cut mid-body resumes from the first missing byte, pinned to the ETag of the first
+        answer, until the operation's deadline."""
+        if end <= start:
+            return
+        filled = 0
         pinned = etag
 
         def attempt() -> None:
-            nonlocal got, pinned
-            kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start + got}-{end - 1}",
-                                      **self._payer}
-            if pinned:
-                kwargs["IfMatch"] = pinned
-            response = self._client.get_object(Bucket=self.bucket, **kwargs)
-            # Some stores ignore If-Match on ranged GETs; the response ETag is checked too.
-            answered = response.get("ETag")
-            if pinned and answered and answered != pinned:
-                response["Body"].close()
-                raise PreconditionFailed(f"GET {key}: object changed since open")
-            pinned = pinned or answered
+            nonlocal filled, pinned
+            response = self._get(key, start + filled, end, pinned)
+            pinned = pinned or response.get("ETag")
             body = response["Body"]
             try:
-                for chunk in body.iter_chunks(1 << 20):
-                    chunk = chunk[: end - start - got]
-                    chunks.append(chunk)
-                    got += len(chunk)
+                # In slices: urllib3 reads a readinto's whole length into a temporary first,
+                # and a small one is recycled by malloc where a 16 MiB one would be mapped.
+                while filled < len(out):
+                    count = body.readinto(out[filled:filled + READINTO_CHUNK])
+                    if not count:
+                        break
+                    filled += count
             finally:
                 body.close()
-            if got < end - start:
-                raise _ShortRead(f"GET {key}: body ended at {start + got} of {end}")
+            if filled < end - start:
+                raise _ShortRead(f"GET {key}: body ended at {start + filled} of {end}")
 
         with _translated(f"GET {key}"):
             try:
                 self._retrier.call(attempt)
             except _ShortRead as exc:
                 raise StoreError(str(exc)) from exc
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _object_kwargs(self, options: UploadOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._payer)
@@ -271,6 +453,8 @@ class S3Store:
             kwargs["SSEKMSKeyId"] = options.sse_kms_key_id
         if options.checksum == "crc32c":
             kwargs["ChecksumAlgorithm"] = "CRC32C"
+        if options.content_type:
+            kwargs["ContentType"] = options.content_type
         return kwargs
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
@@ -407,6 +591,34 @@ class S3Store:
                               self._client.list_multipart_uploads, Prefix=prefix)
         return [(item["Key"], item["UploadId"]) for item in response.get("Uploads", ())]
 
+    def copy(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        if source.size > MAX_COPY:
+            return self._copy_multipart(source, dest_key, options)
+        kwargs = self._object_kwargs(options)
+        kwargs.pop("ChecksumAlgorithm", None)  # a server-side copy moves no bytes of ours
+        if "ContentType" in kwargs:
+            kwargs["MetadataDirective"] = "REPLACE"
+        response = self._call(f"CopyObject {source.key} -> {dest_key}",
+                              self._client.copy_object, Key=dest_key,
+                              CopySource={"Bucket": self.bucket, "Key": source.key},
+                              CopySourceIfMatch=source.etag, **kwargs)
+        return _quoted(str(response["CopyObjectResult"]["ETag"]))
+
+    def _copy_multipart(self, source: ObjectInfo, dest_key: str, options: UploadOptions) -> str:
+        """Above 5 GiB: UploadPartCopy ranges of the source into a multipart upload, so the
+        destination appears only at completion; any failure aborts it."""
+        upload_id = self.create_upload(dest_key, options)
+        try:
+            parts = [
+                self.upload_part_copy(dest_key, upload_id, number, source.key, start,
+                                      min(source.size, start + COPY_PART), source.etag)
+                for number, start in enumerate(range(0, source.size, COPY_PART), start=1)
+            ]
+            return self.complete_upload(dest_key, upload_id, parts)
+        except BaseException:
+            self.abort_upload(dest_key, upload_id)
+            raise
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFound):  # gone already (a retry after a lost reply)
             self._call(f"DELETE {key}", self._client.delete_object, Key=key, **self._payer)
@@ -443,6 +655,9 @@ def multipart_etag(parts: Sequence[PartResult]) -> str | None:
         except binascii.Error:
             return None
     return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'  # noqa: S324
+def _quoted(etag: str) -> str:
+    """ETags as HEAD/GET send them, in quotes (some stores leave them off CopyObject's)."""
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
 def crc32c_b64(data: bytes | memoryview) -> str:

@@ -44,6 +44,7 @@ class CsiProcess:
     mode: str = "all"
     node_id: str = "test-node"
     env: dict[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     _channel: grpc.Channel | None = None
 
@@ -79,7 +80,7 @@ class CsiProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "driver", "serve", f"--mode={self.mode}",
                  f"--endpoint={self.endpoint}", f"--node-id={self.node_id}",
-                 f"--state-dir={self.state_dir}", "--log-level=debug"],
+                 f"--state-dir={self.state_dir}", "--log-level=debug", *self.extra_args],
                 env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self._channel = grpc.insecure_channel(self.endpoint)
         wait_until(self._serving, 30, f"CSI server on {self.socket}")
@@ -138,6 +139,21 @@ class CsiProcess:
             return []
         return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
 
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.state_dir / "supervisor"
+
+    def servers(self) -> list[dict]:
+        """The supervisor's records of its FUSE servers (pid, uid, target...)."""
+        directory = self.supervisor_dir / "records"
+        if not directory.exists():
+            return []
+        return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+
+    def server_pid(self, target: Path) -> int:
+        [server] = [s for s in self.servers() if s["target"] == str(target)]
+        return int(server["pid"])
+
     def cleanup(self) -> None:
         """Safety net: stop the server, unmount whatever it left, stop its FUSE servers."""
         if self.process is not None:
@@ -145,7 +161,7 @@ class CsiProcess:
         for record in self.records():
             with contextlib.suppress(Exception):
                 mountinfo.unmount(record["target"], timeout=30)
-            server = record.get("server") or {}
+        for server in self.servers():
             if server.get("pid") and psutil.pid_exists(server["pid"]):
                 with contextlib.suppress(psutil.Error):
                     proc = psutil.Process(server["pid"])

@@ -1,7 +1,7 @@
 """Smoke test of the built image (`make image-smoke`, after `make image`; not in `make test`).
 
 In a container of the image, as the chart runs the mounter (root, /dev/fuse, no
---privileged): start the mounter, ask it over its socket for a mount of a real SeaweedFS
+--privileged): start the supervisor, ask it over its socket for a mount of a real SeaweedFS
 bucket served on the host's loopback, read an object, write one, unmount. Exit status 0 only
 if the bytes went both ways.
 """
@@ -20,27 +20,33 @@ DOCKER = ["docker", "-H", f"unix://{os.getcwd()}/.cache/docker.sock"]
 
 SCRIPT = """set -e
 mkdir -p /var/lib/kubelet/pods/p/volumes/mnt
-python3 -m driver.mounts.mounter --socket=/var/lib/cloudbucket-csi/mounter/mounter.sock \
-  --state-dir=/var/lib/cloudbucket-csi/mounter --allowed-root=/var/lib/kubelet 2>/tmp/m.log &
+cloudbucket-csi supervisor --socket=/var/lib/cloudbucket-csi/supervisor.sock \
+  --state-dir=/var/lib/cloudbucket-csi/supervisor --allowed-root=/var/lib/kubelet 2>/tmp/m.log &
 python3 - <<'PY'
 import os, time
-from driver.mounts.mounter import MounterClient, MounterError
 from driver.credentials.source import Credentials
-client = MounterClient("/var/lib/cloudbucket-csi/mounter/mounter.sock")
+from driver.failures import FailureError
+from driver.mounts.protocol import MountRequest
+from driver.mounts.supervisor import SupervisorClient
+from driver.options import MountOptions
+client = SupervisorClient("/var/lib/cloudbucket-csi/supervisor.sock")
 for _ in range(100):
     try:
         client.ping(); break
-    except MounterError:
+    except FailureError:
         time.sleep(0.1)
 creds = Credentials(kind="static", access_key_id=os.environ.pop("KEY"),
-                    secret_access_key=os.environ.pop("SECRET")).to_json()
+                    secret_access_key=os.environ.pop("SECRET"))
 target = "/var/lib/kubelet/pods/p/volumes/mnt"
-client.mount(os.environ["BUCKET"], target, ["--endpoint-url=" + os.environ["ENDPOINT"]], creds)
+client.mount(MountRequest(volume_id="smoke", target=target, bucket=os.environ["BUCKET"],
+                          options=MountOptions(endpoint_url=os.environ["ENDPOINT"]),
+                          credentials=creds))
 print(open(target + "/hello.txt").read(), end="")
 with open(target + "/from-container.txt", "w") as f:
     f.write("written in the container\\n")
 print("mounts:", client.list())
-print("unmounted:", client.unmount(target))
+client.unmount(target)
+print("unmounted:", True)
 PY
 """
 

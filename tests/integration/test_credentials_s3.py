@@ -6,7 +6,6 @@ started with an IAM config that trusts it for two roles. Every mount goes throug
 CLI with a 0600 credentials file, exactly as the node plugin starts it, and the server's
 environment holds no keys, so only the file can authenticate it.
 """
-# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -26,15 +24,9 @@ from driver.credentials.source import Credentials
 from driver.devservers import wait_until
 from tests.creds_helpers import CredMounts, remember, write_credentials
 from tests.oidc_issuer import role_arn
-from tests.sts_fixtures import TOKEN_DURATION, Env, sts_env  # noqa: F401
+from tests.sts_fixtures import TOKEN_DURATION, Env
 
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[CredMounts]:
-    manager = CredMounts(tmp_path)
-    yield manager
-    manager.close()
-
+pytestmark = pytest.mark.fuse
 
 # -- static keys (a Secret with AWS_* or GOOGLE_* HMAC keys) ---------------------------
 

@@ -20,6 +20,8 @@ from tests.integration.csi_support import (
     secrets,
 )
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[CsiProcess]:

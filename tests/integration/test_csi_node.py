@@ -36,6 +36,8 @@ from tests.integration.csi_support import (
     volume_context,
 )
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 
 @pytest.fixture
 def server() -> Iterator[CsiProcess]:
@@ -58,8 +60,7 @@ def _target(server: CsiProcess, name: str = "target") -> Path:
 
 
 def _pid(server: CsiProcess, target: Path) -> int:
-    [record] = [r for r in server.records() if r["target"] == str(target)]
-    return record["server"]["pid"]
+    return server.server_pid(target)
 
 
 def _running(pid: int) -> bool:
@@ -96,8 +97,9 @@ def _assert_clean(server: CsiProcess, target: Path) -> None:
     assert not target.exists()
     assert [r for r in server.records() if r["target"] == str(target)] == []
     key = target_key(str(target))
-    assert not (server.state_dir / "credentials" / f"{key}.json").exists()
-    assert not (server.state_dir / "logs" / f"{key}.log").exists()
+    assert not (server.supervisor_dir / "servers" / key).exists()
+    assert not (server.supervisor_dir / "logs" / f"{key}.log").exists()
+    assert [s for s in server.servers() if s["target"] == str(target)] == []
 
 
 def test_publish_write_read_unpublish(server: CsiProcess, seaweed: SeaweedS3, s3,
@@ -179,15 +181,17 @@ def test_republish_rewrites_the_credentials_file_without_remounting(
         server: CsiProcess, seaweed: SeaweedS3, bucket: str) -> None:
     target = _target(server)
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target))
-    [record] = server.records()
-    credentials = Path(record["server"]["credentials_file"])
+    pid = _pid(server, target)
+    credentials = server.supervisor_dir / "servers" / target_key(str(target)) / \
+        "credentials.json"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert stat.S_IMODE(credentials.parent.stat().st_mode) == 0o700
+    assert credentials.stat().st_uid == psutil.Process(pid).uids().real != 0
     assert json.loads(credentials.read_text())["session_token"] == ""
     rotated = {**secrets(seaweed), "AWS_SESSION_TOKEN": "rotated-session-token"}
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target, secret=rotated))
     assert json.loads(credentials.read_text())["session_token"] == "rotated-session-token"
-    assert _pid(server, target) == record["server"]["pid"]
+    assert _pid(server, target) == pid
     assert "rotated-session-token" not in server.log()
     _unpublish(server, target)
     _assert_clean(server, target)
@@ -213,7 +217,7 @@ def test_concurrent_publishes_of_one_volume_are_serialized(server: CsiProcess,
         thread.join(120)
     assert errors == []
     assert len([m for m in mountinfo.read() if m.target == str(target)]) == 1
-    starts = [e for e in server.log_events() if e.get("event") == "fuse server ready"]
+    starts = [e for e in server.log_events() if e.get("event") == "FUSE server ready"]
     assert len(starts) == 1
     _unpublish(server, target)
     _assert_clean(server, target)
@@ -239,7 +243,8 @@ def test_node_plugin_sigkill_and_restart_keeps_mounts(server: CsiProcess,
     target = _target(server)
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target))
     pid = _pid(server, target)
-    assert os.getsid(pid) == pid  # its own session: the plugin's signals do not reach it
+    # Its own session: the plugin's signals do not reach it.
+    assert os.getsid(pid) not in (os.getsid(server.process.pid), os.getsid(0))
     server.kill()
     assert psutil.pid_exists(pid)
     (target / "while-plugin-down.txt").write_text("still serving")
@@ -337,9 +342,11 @@ def test_request_logs_are_structured_and_never_hold_secrets(server: CsiProcess,
     context = volume_context(seaweed, bucket, **{
         TOKENS_KEY: json.dumps({"sts.amazonaws.com": {"token": token}})})
     server.node.NodePublishVolume(publish_request(seaweed, bucket, target, context=context))
-    argv = psutil.Process(_pid(server, target)).cmdline()
-    assert any(arg.startswith("--credentials-file=") for arg in argv)
+    fuse_server = psutil.Process(_pid(server, target))
+    argv = fuse_server.cmdline()
     assert not [arg for arg in argv if seaweed.secret_key in arg or token in arg]
+    environ = Path(f"/proc/{fuse_server.pid}/environ").read_bytes()
+    assert seaweed.secret_key.encode() not in environ and token.encode() not in environ
     _unpublish(server, target)
     events = [e for e in server.log_events() if e.get("event") == "grpc request"]
     publish = [e for e in events if e["method"] == "NodePublishVolume"]

@@ -21,6 +21,8 @@ from driver.devservers import SeaweedS3
 from driver.mounts import mountinfo
 from tests.integration.csi_support import csi_server
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 ROOT = Path(__file__).resolve().parents[2]
 CSI_SANITY = ROOT / ".cache" / "bin" / "csi-sanity"
 TEMPLATES = ROOT / "tests" / "csi-sanity"

@@ -19,6 +19,8 @@ import pytest
 from driver.mounts import mountinfo
 from driver.mounts.fdpass import recv_fd, send_fd
 
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
 SERVER = r'''
 import errno, socket, stat, sys
 import pyfuse3, trio

@@ -1,4 +1,9 @@
-"""Read side of the filesystem through a real FUSE mount of a real SeaweedFS bucket."""
+"""Read side of the filesystem through a real FUSE mount, on every backend.
+
+Each test runs once per provider (`providers` marker, tests/conftest.py): S3 on SeaweedFS
+and native GCS on fake-gcs-server. `objects` is the bucket seen through the vendor's own
+client; tests heavy on fake-gcs-server run there only with CLOUDBUCKET_GCS_HEAVY=1.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import pytest
 from driver.mounts import mountinfo
 from tests.helpers import sha256_file
 
+pytestmark = [pytest.mark.fuse, pytest.mark.providers("s3", "gcs")]
+
 MiB = 1024 * 1024
 
 
@@ -24,9 +31,9 @@ def _pattern(size: int, seed: int = 7) -> bytes:
 
 
 @pytest.mark.parametrize("size", [0, 1, MiB + 1, 3 * 16 * MiB + 5])
-def test_byte_exact_sequential_and_random_reads(s3, bucket, mount, size):
+def test_byte_exact_sequential_and_random_reads(objects, bucket, mount, size):
     data = _pattern(size)
-    s3.put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    objects.put("obj.bin", data)
     mnt = mount(bucket)
     path = mnt / "obj.bin"
     assert os.stat(path).st_size == size
@@ -41,7 +48,8 @@ def test_byte_exact_sequential_and_random_reads(s3, bucket, mount, size):
 
 
 @pytest.mark.slow
-def test_one_gib_object_reads_byte_exact(s3, bucket, mount, tmp_path):
+@pytest.mark.providers(heavy=True)
+def test_one_gib_object_reads_byte_exact(objects, bucket, mount, tmp_path):
     size = 1024 * MiB
     source = tmp_path / "source.bin"
     digest = hashlib.sha256()
@@ -51,7 +59,7 @@ def test_one_gib_object_reads_byte_exact(s3, bucket, mount, tmp_path):
             chunk = i.to_bytes(8, "little") + block[8:]  # every block distinct
             digest.update(chunk)
             out.write(chunk)
-    s3.upload_file(str(source), bucket, "big.bin")
+    objects.upload_file(source, "big.bin")
     mnt = mount(bucket)
     assert sha256_file(mnt / "big.bin") == digest.hexdigest()
     rng = random.Random(3)
@@ -64,11 +72,12 @@ def test_one_gib_object_reads_byte_exact(s3, bucket, mount, tmp_path):
     source.unlink()
 
 
-def test_directory_of_10000_keys_lists_completely(s3, bucket, mount):
+@pytest.mark.providers(heavy=True)
+def test_directory_of_10000_keys_lists_completely(objects, bucket, mount):
     keys = [f"many/file-{i:05d}.txt" for i in range(10_000)]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
-    s3.put_object(Bucket=bucket, Key="many/sub/inner.txt", Body=b"y")
+        list(pool.map(lambda key: objects.put(key, b"x"), keys))
+    objects.put("many/sub/inner.txt", b"y")
     mnt = mount(bucket)
     names = os.listdir(mnt / "many")
     assert len(names) == 10_001
@@ -79,12 +88,12 @@ def test_directory_of_10000_keys_lists_completely(s3, bucket, mount):
     assert all(entry.stat().st_size == 1 for entry in entries if entry.is_file())
 
 
-def test_prefix_mount_sees_only_its_prefix(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="team-a/data/x.txt", Body=b"a")
-    s3.put_object(Bucket=bucket, Key="team-a/readme", Body=b"r")
-    s3.put_object(Bucket=bucket, Key="team-b/secret.txt", Body=b"b")
-    s3.put_object(Bucket=bucket, Key="team-ab/other.txt", Body=b"c")
-    s3.put_object(Bucket=bucket, Key="root.txt", Body=b"d")
+def test_prefix_mount_sees_only_its_prefix(objects, bucket, mount):
+    objects.put("team-a/data/x.txt", b"a")
+    objects.put("team-a/readme", b"r")
+    objects.put("team-b/secret.txt", b"b")
+    objects.put("team-ab/other.txt", b"c")
+    objects.put("root.txt", b"d")
     mnt = mount(bucket, "--prefix=team-a/")
     assert sorted(os.listdir(mnt.path)) == ["data", "readme"]
     assert (mnt / "data" / "x.txt").read_bytes() == b"a"
@@ -94,8 +103,8 @@ def test_prefix_mount_sees_only_its_prefix(s3, bucket, mount):
     assert mountinfo.find(str(mnt.path)).source == f"cloudbucket:{bucket}/team-a/"
 
 
-def test_uid_gid_and_modes(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="d/f.txt", Body=b"z")
+def test_uid_gid_and_modes(objects, bucket, mount):
+    objects.put("d/f.txt", b"z")
     mnt = mount(bucket, "--uid=1234", "--gid=4321", "--file-mode=640", "--dir-mode=750")
     for path, kind, mode in ((mnt / "d" / "f.txt", stat.S_IFREG, 0o640),
                              (mnt / "d", stat.S_IFDIR, 0o750)):
@@ -105,14 +114,14 @@ def test_uid_gid_and_modes(s3, bucket, mount):
         assert stat.S_IMODE(info.st_mode) == mode
 
 
-def test_rewrite_while_open_gives_eio_not_mixed_bytes(s3, bucket, mount):
+def test_rewrite_while_open_gives_eio_not_mixed_bytes(objects, bucket, mount):
     # Larger than the prefetch window (4 x 16 MiB ahead), so the seek below must GET again.
     old = _pattern(256 * MiB, seed=11)
-    s3.put_object(Bucket=bucket, Key="v.bin", Body=old)
+    objects.put("v.bin", old)
     mnt = mount(bucket)
     with open(mnt / "v.bin", "rb", buffering=0) as handle:
         assert handle.read(MiB) == old[:MiB]
-        s3.put_object(Bucket=bucket, Key="v.bin", Body=_pattern(256 * MiB, seed=12))
+        objects.put("v.bin", _pattern(256 * MiB, seed=12))
         got = bytearray()
         with pytest.raises(OSError) as caught:
             handle.seek(200 * MiB)
@@ -122,12 +131,12 @@ def test_rewrite_while_open_gives_eio_not_mixed_bytes(s3, bucket, mount):
         assert bytes(got) == old[200 * MiB:200 * MiB + len(got)]
 
 
-def test_implicit_dirs_and_shadowing(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="clash", Body=b"file")
-    s3.put_object(Bucket=bucket, Key="clash/inner.txt", Body=b"inside")
-    s3.put_object(Bucket=bucket, Key="clash-a.txt", Body=b"neighbour")
-    s3.put_object(Bucket=bucket, Key="a/b/c/deep.txt", Body=b"deep")
-    s3.put_object(Bucket=bucket, Key="marker/", Body=b"")
+def test_implicit_dirs_and_shadowing(objects, bucket, mount):
+    objects.put("clash", b"file")
+    objects.put("clash/inner.txt", b"inside")
+    objects.put("clash-a.txt", b"neighbour")
+    objects.put("a/b/c/deep.txt", b"deep")
+    objects.put("marker/", b"")
     mnt = mount(bucket)
     assert sorted(os.listdir(mnt.path)) == ["a", "clash", "clash-a.txt", "marker"]
     assert (mnt / "clash").is_dir()  # the directory shadows the object
@@ -144,8 +153,8 @@ def test_statfs(bucket, mount):
     assert info.f_bavail > 0 and info.f_namemax == 255
 
 
-def test_read_only_mount(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="keep.txt", Body=b"k")
+def test_read_only_mount(objects, bucket, mount):
+    objects.put("keep.txt", b"k")
     mnt = mount(bucket, "--read-only", "--allow-delete")
     assert "ro" in mountinfo.find(str(mnt.path)).options.split(",")
     write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -158,18 +167,18 @@ def test_read_only_mount(s3, bucket, mount):
     assert (mnt / "keep.txt").read_bytes() == b"k"
 
 
-def test_metadata_ttl(s3, bucket, mount):
+def test_metadata_ttl(objects, bucket, mount):
     from driver.devservers import wait_until
 
     short = mount(bucket)  # minimal TTL: changes by others show up within about a second
     forever = mount(bucket, "--metadata-ttl=indefinite")
     assert not (short / "late.txt").exists()
     assert not (forever / "late.txt").exists()
-    s3.put_object(Bucket=bucket, Key="late.txt", Body=b"late")
+    objects.put("late.txt", b"late")
     wait_until(lambda: (short / "late.txt").exists(), 10, "the new object on the short-TTL mount")
-    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"v1")
+    objects.put("cached.txt", b"v1")
     wait_until(lambda: (forever / "cached.txt").exists(), 10, "a never-seen name")
     assert os.stat(forever / "cached.txt").st_size == 2
-    s3.put_object(Bucket=bucket, Key="cached.txt", Body=b"version2")
-    s3.get_object(Bucket=bucket, Key="cached.txt")  # the store has moved on...
+    objects.put("cached.txt", b"version2")
+    assert objects.get("cached.txt") == b"version2"  # the store has moved on...
     assert os.stat(forever / "cached.txt").st_size == 2  # ...the indefinite cache has not

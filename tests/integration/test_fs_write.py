@@ -1,4 +1,8 @@
-"""Write side: streamed uploads, durability errors, deletes and directories, nothing lost."""
+"""Write side: streamed uploads, durability errors, deletes and directories, nothing lost.
+
+Each test runs once per provider (S3 on SeaweedFS, native GCS on fake-gcs-server), like
+test_fs_read.py; the two that only mean something on S3 say why.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,18 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.backends import Objects
 from tests.faults import FaultProxy
 from tests.helpers import mount_bucket
+
+pytestmark = [pytest.mark.fuse, pytest.mark.providers("s3", "gcs")]
 
 MiB = 1024 * 1024
 
 
-def _object_sha(s3, bucket: str, key: str) -> str:
+def _object_sha(objects: Objects, key: str) -> str:
     digest = hashlib.sha256()
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    body = objects.open(key)
     for chunk in iter(lambda: body.read(8 * MiB), b""):
         digest.update(chunk)
     return digest.hexdigest()
@@ -40,26 +47,27 @@ def _write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def _no_pending_uploads(s3, bucket: str) -> bool:
-    return not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+def _no_pending_uploads(objects: Objects) -> bool:
+    return objects.pending_uploads() == []
 
 
 @pytest.mark.parametrize("size", [0, 1, 8 * MiB - 1, 8 * MiB, 8 * MiB + 1, 20 * MiB + 3])
-def test_cp_into_mount_is_byte_exact(s3, bucket, mount, tmp_path, size):
+def test_cp_into_mount_is_byte_exact(objects, bucket, mount, tmp_path, size):
     source = tmp_path / "src.bin"
     digest = _write_random(source, size)
     mnt = mount(bucket)
     subprocess.run(["cp", str(source), str(mnt / "copy.bin")], check=True)
-    assert _object_sha(s3, bucket, "copy.bin") == digest
+    assert _object_sha(objects, "copy.bin") == digest
     # Immediately visible on the same mount: stat, readdir and read.
     assert os.stat(mnt / "copy.bin").st_size == size
     assert "copy.bin" in os.listdir(mnt.path)
     assert hashlib.sha256((mnt / "copy.bin").read_bytes()).hexdigest() == digest
-    assert _no_pending_uploads(s3, bucket)
+    assert _no_pending_uploads(objects)
 
 
 @pytest.mark.slow
-def test_cp_one_gib_byte_exact_with_bounded_memory(s3, bucket, mount, tmp_path):
+@pytest.mark.providers(heavy=True)
+def test_cp_one_gib_byte_exact_with_bounded_memory(objects, bucket, mount, tmp_path):
     source = tmp_path / "big.bin"
     digest = _write_random(source, 1024 * MiB)
     mnt = mount(bucket)
@@ -83,11 +91,11 @@ def test_cp_one_gib_byte_exact_with_bounded_memory(s3, bucket, mount, tmp_path):
         done.set()
         sampler.join()
     source.unlink()
-    assert _object_sha(s3, bucket, "big.bin") == digest
+    assert _object_sha(objects, "big.bin") == digest
     assert peak[0] < 256 * MiB, f"FUSE server peak RSS {peak[0] / MiB:.0f} MiB"
 
 
-def test_fsync_halfway_then_continue(s3, bucket, mount):
+def test_fsync_halfway_then_continue(objects, bucket, mount):
     mnt = mount(bucket)
     first, second = os.urandom(6 * MiB + 17), os.urandom(9 * MiB + 5)
     small_first, small_second = b"head-" * 10, b"tail-" * 10
@@ -96,19 +104,18 @@ def test_fsync_halfway_then_continue(s3, bucket, mount):
         out.flush()
         os.fsync(out.fileno())
         # After fsync the data is durable and visible in the bucket.
-        assert _object_sha(s3, bucket, "log.bin") == hashlib.sha256(first).hexdigest()
+        assert _object_sha(objects, "log.bin") == hashlib.sha256(first).hexdigest()
         out.write(second)
         small.write(small_first)
         small.flush()
         os.fsync(small.fileno())
         small.write(small_second)
-    assert _object_sha(s3, bucket, "log.bin") == hashlib.sha256(first + second).hexdigest()
-    assert s3.get_object(Bucket=bucket, Key="small.txt")["Body"].read() == \
-        small_first + small_second
-    assert _no_pending_uploads(s3, bucket)
+    assert _object_sha(objects, "log.bin") == hashlib.sha256(first + second).hexdigest()
+    assert objects.get("small.txt") == small_first + small_second
+    assert _no_pending_uploads(objects)
 
 
-def test_ten_concurrent_writers(s3, bucket, mount):
+def test_ten_concurrent_writers(objects, bucket, mount):
     mnt = mount(bucket)
     payloads = {f"w{i}.bin": os.urandom(i * MiB + 123 * i) for i in range(10)}
 
@@ -120,10 +127,13 @@ def test_ten_concurrent_writers(s3, bucket, mount):
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(write, payloads.items()))
     for name, data in payloads.items():
-        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+        assert objects.get(name) == data
 
 
-def test_failed_parts_give_error_and_leave_nothing(seaweed, s3, bucket, tmp_path):
+# Injects faults into SeaweedFS's S3 traffic; GcsStore's aborts are covered by
+# test_store_conformance.py::test_abort_leaves_nothing on every backend.
+@pytest.mark.providers("s3")
+def test_failed_parts_give_error_and_leave_nothing(seaweed, objects, bucket, tmp_path):
     with FaultProxy(seaweed.port) as proxy:
         target = tmp_path / "mnt"
         target.mkdir()
@@ -138,9 +148,8 @@ def test_failed_parts_give_error_and_leave_nothing(seaweed, s3, bucket, tmp_path
             assert proxy.rejected >= 1
         finally:
             mnt.close()
-    listing = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-    assert [item["Key"] for item in listing] == []
-    assert _no_pending_uploads(s3, bucket)
+    assert objects.list_keys() == []
+    assert _no_pending_uploads(objects)
 
 
 class _ProxyEndpoint:
@@ -154,44 +163,44 @@ class _ProxyEndpoint:
         return self._server.credential_env()
 
 
-def test_overwrite_needs_flag_and_truncate(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="f.txt", Body=b"original")
+def test_overwrite_needs_flag_and_truncate(objects, bucket, mount):
+    objects.put("f.txt", b"original")
     plain = mount(bucket)
     with pytest.raises(PermissionError):
         open(plain / "f.txt", "wb").close()
     with pytest.raises(PermissionError):
         os.open(plain / "f.txt", os.O_WRONLY | os.O_APPEND)
-    assert s3.get_object(Bucket=bucket, Key="f.txt")["Body"].read() == b"original"
+    assert objects.get("f.txt") == b"original"
     allowed = mount(bucket, "--allow-overwrite")
     with pytest.raises(PermissionError):
         os.open(allowed / "f.txt", os.O_WRONLY)  # no O_TRUNC
     (allowed / "f.txt").write_bytes(b"replaced")
-    assert s3.get_object(Bucket=bucket, Key="f.txt")["Body"].read() == b"replaced"
+    assert objects.get("f.txt") == b"replaced"
     assert (allowed / "f.txt").read_bytes() == b"replaced"
 
 
-def test_delete_needs_flag(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="gone.txt", Body=b"x")
+def test_delete_needs_flag(objects, bucket, mount):
+    objects.put("gone.txt", b"x")
     plain = mount(bucket)
     with pytest.raises(PermissionError):
         os.unlink(plain / "gone.txt")
     allowed = mount(bucket, "--allow-delete")
     os.unlink(allowed / "gone.txt")
-    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    assert objects.list_keys() == []
     assert not (allowed / "gone.txt").exists()
 
 
-def test_mkdir_is_local_until_a_file_is_written(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="full/obj.txt", Body=b"x")
+def test_mkdir_is_local_until_a_file_is_written(objects, bucket, mount):
+    objects.put("full/obj.txt", b"x")
     mnt = mount(bucket)
     os.makedirs(mnt / "new" / "nested")
     assert (mnt / "new" / "nested").is_dir()
-    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="new")
+    assert objects.list_keys("new") == []
     os.rmdir(mnt / "new" / "nested")
     assert not (mnt / "new" / "nested").exists()
     os.mkdir(mnt / "new" / "kept")
     (mnt / "new" / "kept" / "file.txt").write_bytes(b"data")
-    assert s3.get_object(Bucket=bucket, Key="new/kept/file.txt")["Body"].read() == b"data"
+    assert objects.get("new/kept/file.txt") == b"data"
     with pytest.raises(OSError) as caught:
         os.rmdir(mnt / "full")
     assert caught.value.errno == errno.ENOTEMPTY
@@ -214,8 +223,8 @@ def test_mkdir_is_local_until_a_file_is_written(s3, bucket, mount):
         ("second-writer", errno.EPERM),
     ],
 )
-def test_refused_operations(s3, bucket, mount, operation, code):
-    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
+def test_refused_operations(objects, bucket, mount, operation, code):
+    objects.put("a.txt", b"a")
     mnt = mount(bucket, "--allow-overwrite")
     with pytest.raises(OSError) as caught:
         if operation == "rename":
@@ -240,12 +249,15 @@ def test_refused_operations(s3, bucket, mount, operation, code):
                 first.write(b"1")
                 os.open(mnt / "busy.bin", os.O_WRONLY | os.O_TRUNC)
     assert caught.value.errno == code
-    assert s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"a"
-    assert "new.bin" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert _no_pending_uploads(s3, bucket)
+    assert objects.get("a.txt") == b"a"
+    assert "new.bin" not in objects.list_keys()
+    assert _no_pending_uploads(objects)
 
 
-def test_object_options_reach_the_store(s3, bucket, mount):
+# Asserts an S3 storage class (STANDARD_IA); GCS has other class names and
+# fake-gcs-server ignores them.
+@pytest.mark.providers("s3")
+def test_object_options_reach_the_store(s3, objects, bucket, mount):
     mnt = mount(bucket, "--storage-class=STANDARD_IA", "--upload-checksums=crc32c")
     (mnt / "small.txt").write_bytes(b"tiny")
     (mnt / "large.bin").write_bytes(os.urandom(9 * MiB))
@@ -254,7 +266,7 @@ def test_object_options_reach_the_store(s3, bucket, mount):
         assert head.get("StorageClass") == "STANDARD_IA", head
     off = mount(bucket, "--upload-checksums=off")
     (off / "plain.txt").write_bytes(b"plain")
-    assert s3.get_object(Bucket=bucket, Key="plain.txt")["Body"].read() == b"plain"
+    assert objects.get("plain.txt") == b"plain"
 
 
 def test_copy_tree_into_mount(bucket, mount, tmp_path):
@@ -280,8 +292,8 @@ def test_read_while_writing_is_busy_then_readable(bucket, mount):
     assert (mnt / "growing.txt").read_bytes() == b"part one"
 
 
-def test_touch_and_truncate(s3, bucket, mount):
-    s3.put_object(Bucket=bucket, Key="t.txt", Body=b"12345")
+def test_touch_and_truncate(objects, bucket, mount):
+    objects.put("t.txt", b"12345")
     mnt = mount(bucket)
     os.utime(mnt / "t.txt")  # touch of an existing file: accepted
     subprocess.run(["touch", str(mnt / "t.txt")], check=True)
@@ -289,5 +301,5 @@ def test_touch_and_truncate(s3, bucket, mount):
     with pytest.raises(PermissionError):
         os.truncate(mnt / "t.txt", 2)
     subprocess.run(["touch", str(mnt / "fresh.txt")], check=True)  # creates an empty object
-    assert s3.get_object(Bucket=bucket, Key="fresh.txt")["Body"].read() == b""
-    assert s3.get_object(Bucket=bucket, Key="t.txt")["Body"].read() == b"12345"
+    assert objects.get("fresh.txt") == b""
+    assert objects.get("t.txt") == b"12345"

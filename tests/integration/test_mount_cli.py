@@ -7,6 +7,8 @@ import pytest
 from driver.devservers import free_port
 from driver.mounts import mountinfo
 
+pytestmark = pytest.mark.fuse
+
 
 def _run_mount(cli, seaweed, bucket, target, *flags, env=None, endpoint=None):
     return cli("mount", bucket, str(target), f"--endpoint-url={endpoint or seaweed.endpoint}",
@@ -14,18 +16,18 @@ def _run_mount(cli, seaweed, bucket, target, *flags, env=None, endpoint=None):
 
 
 @pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        ("missing-bucket", "bucket no-such-bucket-here does not exist"),
-        ("wrong-credentials", "access to bucket"),
-        ("unreachable", "cannot reach the endpoint"),
-        ("prefix", "--prefix: must end in '/'"),
-        ("unknown-option", "unrecognized arguments: --no-such-flag"),
-        ("not-a-dir", "is not a directory"),
+    ("case", "expected", "status"),
+    [  # the exit status comes from the failure's kind (cli.exit_status), never its wording
+        ("missing-bucket", "bucket no-such-bucket-here does not exist", 4),
+        ("wrong-credentials", "access to bucket", 3),
+        ("unreachable", "cannot reach the endpoint", 5),
+        ("prefix", "--prefix: must end in '/'", 2),
+        ("unknown-option", "unrecognized arguments: --no-such-flag", 2),
+        ("not-a-dir", "is not a directory", 2),
     ],
 )
 def test_bad_input_one_clear_line_nothing_mounted(cli, seaweed, bucket, tmp_path, case,
-                                                   expected):
+                                                   expected, status):
     target = tmp_path / "mnt"
     target.mkdir()
     args: list[str] = []
@@ -46,7 +48,7 @@ def test_bad_input_one_clear_line_nothing_mounted(cli, seaweed, bucket, tmp_path
         target = tmp_path / "file"
         target.write_text("x")
     result = _run_mount(cli, seaweed, name, target, *args, env=env, endpoint=endpoint)
-    assert result.returncode != 0
+    assert result.returncode == status, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) <= 2, result.stderr  # argparse adds a usage line for unknown options
     assert expected in result.stderr
@@ -57,7 +59,7 @@ def test_bad_input_one_clear_line_nothing_mounted(cli, seaweed, bucket, tmp_path
 def test_mountpoint_busy(cli, seaweed, bucket, mount):
     mnt = mount(bucket)
     result = _run_mount(cli, seaweed, bucket, mnt.path)
-    assert result.returncode == 1
+    assert result.returncode == 6
     assert "is busy" in result.stderr
 
 

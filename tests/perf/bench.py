@@ -1,8 +1,13 @@
 """Benchmark harness: our mount against s3fs-fuse, rclone mount and raw boto3 on SeaweedFS.
 
     python -m tests.perf.bench [--only read,write,meta,small|WORKLOAD] [--repeat N]
-                               [--size-mib N] [--duration S] [--quick]
+                               [--size-mib N] [--duration S] [--quick] [--force]
                                [--peers all|none|s3fs,rclone,boto3] [--out bench-results.json]
+
+Figures are only worth having from a quiet machine, so the harness refuses to start when
+the 1-minute load average is above 0.5, another FUSE filesystem is mounted or a test server
+(weed, fake-gcs-server) or FUSE client is running; `--force` runs anyway, says so loudly
+and records the reasons in the results (`meta.preflight`).
 
 One SeaweedFS server on loopback holds the seeded objects. Every measurement is cold: the
 page cache is dropped (as root) and the client is mounted afresh, and the FUSE server's CPU
@@ -62,7 +67,12 @@ from tests.perf.workloads import (
 )
 
 QUICK_DURATION = 5.0
-DEFAULT_DURATION = 30.0
+DEFAULT_DURATION = 10.0
+DEFAULT_REPEAT = 5
+MAX_LOAD = 0.5
+# Processes whose presence means the figures would be shared with other work.
+BUSY_PROCESSES = ("weed", "fake-gcs-server", "s3fs", "rclone", "minio", "goofys",
+                  "mount-s3", "gcsfuse")
 
 
 def log(message: str) -> None:
@@ -74,7 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="all",
                         help="comma list of groups (read, write, meta, small) or workloads")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per client (median)")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"runs per client (median; default {DEFAULT_REPEAT})")
+    parser.add_argument("--force", action="store_true",
+                        help="run even when the machine is not quiet (the results say so)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big objects")
     parser.add_argument("--duration", type=float, default=None,
                         help=f"seconds of random reads (default {DEFAULT_DURATION:.0f}, "
@@ -84,8 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-count", type=int, default=None,
                         help="4 KiB files read (default 1000, 200 quick)")
     parser.add_argument("--quick", action="store_true", help="short durations and counts")
-    parser.add_argument("--peers", default="all",
-                        help="all, none, or a comma list of s3fs, rclone, boto3")
+    parser.add_argument("--peers", default="s3fs,boto3",
+                        help="all, none, or a comma list of s3fs, rclone, boto3 "
+                        "(default s3fs,boto3: the comparators of the targets)")
     parser.add_argument("--mount-flags", default="",
                         help="extra flags for our mount, e.g. '--direct-io'")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
@@ -113,6 +127,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.small_count is None:
         args.small_count = 200 if args.quick else 1000
     return args
+
+
+def machine_problems(loadavg: float | None = None, mounts: str | None = None,
+                     processes: list[tuple[int, str]] | None = None) -> list[str]:
+    """Why the machine is not quiet enough for trustworthy figures (empty when it is)."""
+    import psutil
+
+    problems = []
+    load = os.getloadavg()[0] if loadavg is None else loadavg
+    if load > MAX_LOAD:
+        problems.append(f"1-minute load average is {load:.2f} (> {MAX_LOAD})")
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            mounts = ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and (fields[2] == "fuse" or fields[2].startswith("fuse.")):
+            problems.append(f"a FUSE filesystem is mounted: {fields[2]} at {fields[1]}")
+    if processes is None:
+        processes = []
+        for proc in psutil.process_iter(["pid", "name"]):
+            with contextlib.suppress(psutil.Error):
+                processes.append((proc.info["pid"], proc.info["name"] or ""))
+    for pid, name in processes:
+        if name in BUSY_PROCESSES and pid != os.getpid():
+            problems.append(f"{name} is running (pid {pid})")
+    return problems
+
+
+def preflight(force: bool) -> list[str]:
+    """Refuse to start on a busy machine unless forced; return the problems found."""
+    problems = machine_problems()
+    if not problems:
+        return []
+    lines = "\n".join(f"  - {p}" for p in problems)
+    if not force:
+        raise SystemExit(f"bench: refusing to start, the machine is not quiet:\n{lines}\n"
+                         "Stop the other work and try again, or pass --force to run anyway "
+                         "(the figures will not be comparable).")
+    banner = "!" * 78
+    log(f"{banner}\nbench: --force: running on a machine that is NOT quiet; these figures "
+        f"are not\ncomparable to a quiet run:\n{lines}\n{banner}")
+    return problems
 
 
 def select_workloads(only: str, mount_label: str) -> list[Workload]:
@@ -178,10 +237,7 @@ class CsiPublisher:
         seconds = time.perf_counter() - started
         if not mountinfo.is_alive(str(target)):
             raise RuntimeError(f"NodePublishVolume returned but {target} is not live")
-        records = [r for r in self.csi.records() if r["target"] == str(target)]
-        if not records or not (records[0].get("server") or {}).get("pid"):
-            raise RuntimeError(f"no FUSE server recorded for {target}")
-        return seconds, int(records[0]["server"]["pid"]), volume_id
+        return seconds, self.csi.server_pid(target), volume_id
 
     def unpublish(self, target: Path, volume_id: str, pid: int) -> None:
         import psutil
@@ -357,6 +413,8 @@ class Runner:
         if not client.is_mount:
             result = workload.run_raw(self.ctx)
             return sample(result, None)
+        if workload.mount_flags and isinstance(client, Cloudbucket):
+            client = client.with_flags(workload.mount_flags)
         target = self._target()
         try:
             if isinstance(workload, MountTime) and self.publisher is not None \
@@ -408,7 +466,8 @@ class Runner:
 
 def sample(result: RunResult, usage: Usage | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"value": result.value, "seconds": result.seconds,
-                             "bytes": result.bytes, "ops": result.ops, **result.extra}
+                             "bytes": result.bytes, "ops": result.ops,
+                             "loadavg_1m": os.getloadavg()[0], **result.extra}
     if usage is not None:
         entry.update(cpu_s=usage.cpu_s, peak_rss=usage.peak_rss, hwm_rss=usage.hwm_rss)
     return entry
@@ -419,7 +478,8 @@ def run_all(args: argparse.Namespace, workloads: list[Workload], clients: list[C
     """{workload: {client: {"samples": [...], "errors": [...]}}}, clients in turn."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for workload in workloads:
-        eligible = [c for c in clients if c.is_mount or workload.raw]
+        eligible = [c for c in clients if (c.is_mount or workload.raw) and (
+            c.name == OURS or workload.peers is None or c.name in workload.peers)]
         per_client = {c.name: {"samples": [], "errors": []} for c in eligible}
         results[workload.name] = per_client
         for rep in range(args.repeat):
@@ -492,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = select_workloads(args.only, mount_time_label())
     if not workloads:
         raise SystemExit("bench: nothing selected")
+    problems = preflight(args.force)  # before our own SeaweedFS starts
     signal.signal(signal.SIGTERM, _terminate)
     started_at = time.time()
     load_start = os.getloadavg()
@@ -533,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeding_s": seeding, "page_cache": cache.problem or "dropped before every run",
         "raw_client": "boto3 client, path style, checksums only when required",
         "note": "medians of the same run; clients take turns within each repetition",
+        "preflight": problems or "quiet: load, mounts and processes checked before start",
+        "trusted": not problems,
     }
     document = report.build(meta, found_versions, workloads, results,
                             [c.name for c in clients], skipped)

@@ -10,6 +10,7 @@ the environment, never argv.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -135,13 +136,26 @@ class Cloudbucket(Client):
 
     count_requests: bool = False  # run tests.perf.instrumented: store calls are counted
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
+    _variants: dict[tuple[str, ...], Cloudbucket] = field(default_factory=dict, repr=False)
+
+    log_prefix: str = "cloudbucket"
 
     def counts_file(self, mounted: Mounted) -> Path:
         return mounted.log_file.with_suffix(".counts.json")
 
+    def with_flags(self, extra: tuple[str, ...]) -> Cloudbucket:
+        """The same client with more mount flags (a workload's own, e.g. --direct-io)."""
+        cached = self._variants.get(extra)
+        if cached is None:
+            tag = "".join(c if c.isalnum() else "-" for c in "".join(extra)).strip("-")
+            cached = self._variants[extra] = dataclasses.replace(
+                self, flags=self.flags + extra, log_prefix=f"{self.log_prefix}-{tag}",
+                _count=0, _variants={})
+        return cached
+
     def mount(self, target: Path) -> Mounted:
         self._count += 1
-        log_file = self.workdir / f"cloudbucket-{self._count}.log"
+        log_file = self.workdir / f"{self.log_prefix}-{self._count}.log"
         if self.count_requests:
             return self._mount_instrumented(target, log_file)
         started = time.perf_counter()

@@ -3,8 +3,9 @@
 A diagnostic for the benchmarks (`bench --count-requests`): every S3Store method call is
 counted, with the bytes it moved (GET bodies, uploaded parts), as are the kernel's read
 requests (`fuse_read`, `fuse_write`) and prefetch stream resets; the totals are written as JSON to
-$CLOUDBUCKET_BENCH_COUNTS when the server exits. The filesystem's code is untouched: only
-methods are wrapped, in this process.
+$CLOUDBUCKET_BENCH_COUNTS when the server exits, and whenever it gets SIGUSR1 (so a test
+can count the requests of one operation: snapshot, act, snapshot). The filesystem's code is
+untouched: only methods are wrapped, in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import atexit
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -20,15 +22,18 @@ from typing import Any
 
 from driver.store import s3
 
-COUNTED = ("head", "list_page", "get_range", "put", "create_upload", "upload_part",
-           "upload_part_copy", "complete_upload", "abort_upload", "delete")
+COUNTED = ("head", "list_page", "get_range", "get_range_into", "put", "create_upload",
+           "upload_part", "upload_part_copy", "complete_upload", "abort_upload", "delete")
 _counts: dict[str, list[int]] = {}
-_lock = threading.Lock()
+# Re-entrant: the SIGUSR1 dump runs on the main thread, which may hold it (fuse_read).
+_lock = threading.RLock()
 
 
 def _moved(name: str, args: tuple[Any, ...], result: Any) -> int:
     if name == "get_range":
         return len(result)
+    if name == "get_range_into":
+        return len(args[4])
     if name == "put":
         return len(args[1])
     if name == "upload_part":
@@ -90,8 +95,10 @@ def _wrap_fs() -> None:
 def _dump(path: str) -> None:
     with _lock:
         data = {name: {"calls": c, "bytes": b} for name, (c, b) in _counts.items()}
-    with open(path, "w") as handle:
+    partial = f"{path}.tmp"
+    with open(partial, "w") as handle:
         json.dump(data, handle)
+    os.replace(partial, path)  # a reader never sees half a file
 
 
 def main() -> int:
@@ -101,6 +108,7 @@ def main() -> int:
             _wrap(name)
         _wrap_fs()
         atexit.register(_dump, path)
+        signal.signal(signal.SIGUSR1, lambda *_: _dump(path))
     from driver.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

@@ -10,14 +10,22 @@ Object layout in the bench bucket:
   list/f-00000 ..           `list_count` tiny objects (ls, ls -l)
   small/f-0000 ..           `small_count` objects of 4 KiB (small-file reads)
   w-<client>-<n>.bin        written by the write workload, deleted after each run
+
+The cache workloads (group "cache") mount with `--cache DIR` and read the same data twice
+on one mount: a first pass that starts from an empty cache directory, then, once every
+block is on disk and the page cache is dropped, the measured second pass. Each records the
+first pass and the speed-up in its sample.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from driver.devservers import wait_until
+from tests.perf.clients import OURS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -83,6 +92,8 @@ class Workload:
     needs: frozenset[str] = frozenset()
     raw: bool = True  # has a boto3 equivalent
     fresh_mount: bool = True
+    mount_flags: tuple[str, ...] = ()  # extra flags for our mount in this workload
+    peers: frozenset[str] | None = None  # the only other clients measured (None: all)
 
     @property
     def higher_is_better(self) -> bool:
@@ -136,11 +147,18 @@ def _parallel(count: int, fn: Callable[[int], int], items: int) -> int:
 
 
 class SeqRead(Workload):
-    def __init__(self, readers: int) -> None:
+    def __init__(self, readers: int, direct_io: bool = False) -> None:
         name = "seq_read" if readers == 1 else f"seq_read_{readers}"
-        super().__init__(name, "read", "MB/s",
-                         f"cold sequential read, {readers} reader(s) on {readers} object(s)",
-                         needs=frozenset({f"big{readers}"}))
+        how = f"{readers} reader(s) on {readers} object(s)"
+        if readers > 1:
+            how += f"; raw = {readers} concurrent single-GET streams"
+        if direct_io:
+            name += "_dio"
+            how += "; our mount with --direct-io, against raw only"
+        super().__init__(name, "read", "MB/s", f"cold sequential read, {how}",
+                         needs=frozenset({f"big{readers}"}),
+                         mount_flags=("--direct-io",) if direct_io else (),
+                         peers=frozenset({"boto3"}) if direct_io else None)
         self.readers = readers
 
     def _run(self, read_one: Callable[[int], int], ctx: Context) -> RunResult:
@@ -207,7 +225,8 @@ class RandRead(Workload):
 class FirstByte(Workload):
     def __init__(self) -> None:
         super().__init__("ttfb", "read", "s",
-                         "time to first byte of a big object (open + read 1 byte, fresh mount)",
+                         "time to first byte of a big object (open + read 1 byte, fresh mount); "
+                         "raw = a fresh client's ranged GET of 1 byte",
                          needs=frozenset({"big1"}))
 
     def run_mount(self, ctx: Context, root: Path, client: str) -> RunResult:
@@ -231,11 +250,19 @@ class FirstByte(Workload):
 # Writes
 
 
+def write_part_size() -> int:
+    """Our mount's default multipart part size: boto3 is given the same."""
+    from driver.options import MountOptions
+
+    return MountOptions().write_part_size
+
+
 class SeqWrite(Workload):
     def __init__(self) -> None:
         super().__init__("seq_write", "write", "MB/s",
                          "sequential write of a big file with fsync (dd bs=1M conv=fsync); "
-                         "raw = boto3 upload_fileobj with TransferConfig defaults",
+                         "raw = boto3 upload_file with our default part size "
+                         f"({write_part_size() // MiB} MiB)",
                          needs=frozenset({"source"}))
 
     def _verify(self, ctx: Context, key: str, wait: float) -> float:
@@ -275,9 +302,10 @@ class SeqWrite(Workload):
         from boto3.s3.transfer import TransferConfig
 
         key = ctx.next_key("boto3")
+        part = write_part_size()
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
         started = time.perf_counter()
-        with open(ctx.source_file, "rb") as handle:
-            ctx.raw.client.upload_fileobj(handle, ctx.bucket, key, Config=TransferConfig())
+        ctx.raw.client.upload_file(str(ctx.source_file), ctx.bucket, key, Config=config)
         seconds = time.perf_counter() - started
         self._verify(ctx, key, 10)
         return RunResult(_throughput(ctx.size, seconds), seconds, ctx.size, 1)
@@ -296,7 +324,7 @@ class Listing(Workload):
     def __init__(self, long: bool) -> None:
         super().__init__("ls_l" if long else "ls", "meta", "s",
                          f"`ls{' -l' if long else ''}` of a directory of many objects "
-                         "(fresh mount); raw = ListObjectsV2 pages with delimiter",
+                         "(fresh mount); raw = boto3's paginated list_objects_v2 with delimiter",
                          needs=frozenset({"list"}))
         self.long = long
 
@@ -353,6 +381,182 @@ class SmallFiles(Workload):
         return self._run(ctx, lambda i: get_object(client, ctx.bucket, small_key(i)))
 
 
+# ---------------------------------------------------------------------------------------
+# The local block cache (issue 14): second passes served from the node's disk
+
+
+def bench_cache_dir(name: str) -> Path:
+    """A cache directory for one workload of this bench process, removed at exit."""
+    path = Path(tempfile.gettempdir()) / f"cloudbucket-bench-cache-{os.getpid()}-{name}"
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def clear_cache_blocks(cache: Path) -> None:
+    """Empty the cache of its blocks (the mount tolerates blocks vanishing: misses)."""
+    blocks = cache / "v1" / "blocks"
+    with contextlib.suppress(FileNotFoundError):
+        for fan in os.scandir(blocks):
+            shutil.rmtree(fan.path, ignore_errors=True)
+
+
+def cached_block_files(cache: Path) -> int:
+    blocks = cache / "v1" / "blocks"
+    count = 0
+    with contextlib.suppress(FileNotFoundError):
+        for fan in os.scandir(blocks):
+            with contextlib.suppress(FileNotFoundError):
+                count += sum(1 for _ in os.scandir(fan.path))
+    return count
+
+
+def drop_page_cache() -> bool:
+    """Drop the page cache between the two passes (root only); False when not possible."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+class _CacheWorkload(Workload):
+    """Two passes on one mount with --cache; the figure is the second pass."""
+
+    def __init__(self, name: str, unit: str, description: str, needs: frozenset[str]) -> None:
+        self.cache = bench_cache_dir(name)
+        super().__init__(name, "cache", unit, description, needs=needs,
+                         mount_flags=(f"--cache={self.cache}",),
+                         peers=frozenset({"boto3"}))  # peers have no cache of ours to fill
+
+    def _second_pass_ready(self, blocks: int) -> bool:
+        """Wait until the first pass's blocks are on disk, then drop the page cache."""
+        wait_until(lambda: cached_block_files(self.cache) >= blocks, 300,
+                   f"{blocks} blocks in the cache")
+        return drop_page_cache()
+
+    def _speedup(self, first: RunResult, second: RunResult, dropped: bool) -> RunResult:
+        speedup = (second.value / first.value if self.higher_is_better
+                   else first.value / second.value)
+        second.extra.update(first_value=first.value, first_seconds=first.seconds,
+                            speedup=speedup, page_cache_dropped=dropped)
+        return second
+
+
+class CacheSeqRead(_CacheWorkload):
+    def __init__(self) -> None:
+        super().__init__("cache_seq_read", "MB/s",
+                         "second sequential read of a big object from the --cache directory "
+                         "(page cache dropped); first_value = the cold first read; "
+                         "raw = one single-stream GET", frozenset({"big1"}))
+
+    def _read(self, ctx: Context, root: Path) -> RunResult:
+        started = time.perf_counter()
+        total = read_file(root / big_key(0))
+        seconds = time.perf_counter() - started
+        _check(total == ctx.size, f"read {total} bytes, expected {ctx.size}")
+        return RunResult(_throughput(total, seconds), seconds, total, 1)
+
+    def run_mount(self, ctx: Context, root: Path, client: str) -> RunResult:
+        clear_cache_blocks(self.cache)
+        try:
+            first = self._read(ctx, root)
+            if client != OURS:  # a peer: no cache of ours to wait for
+                return self._speedup(first, self._read(ctx, root), drop_page_cache())
+            dropped = self._second_pass_ready(-(-ctx.size // MiB))
+            return self._speedup(first, self._read(ctx, root), dropped)
+        finally:
+            clear_cache_blocks(self.cache)
+
+    def run_raw(self, ctx: Context) -> RunResult:
+        return SeqRead(1).run_raw(ctx)
+
+
+class CacheRandRead(_CacheWorkload):
+    """The random 256 KiB reads of `rand_read`, then the same offsets again from the cache."""
+
+    def __init__(self) -> None:
+        super().__init__("cache_rand_read", "MB/s",
+                         "random 256 KiB reads of a cached big object (page cache dropped): "
+                         "the offsets a first pass read in the fixed duration, read again; "
+                         "first_value = that first pass (filling the cache); compare with "
+                         "rand_read for an uncached mount", frozenset({"big1"}))
+
+    @staticmethod
+    def _read(ctx: Context, root: Path, offsets: list[int], deadline: float | None
+              ) -> tuple[RunResult, list[int]]:
+        fd = os.open(root / big_key(0), os.O_RDONLY)
+        done: list[int] = []
+        total = 0
+        try:
+            started = time.perf_counter()
+            for offset in offsets:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
+                count = len(os.pread(fd, RANDOM_BLOCK, offset))
+                _check(count == min(RANDOM_BLOCK, ctx.size - offset),
+                       f"short read {count} at {offset}")
+                total += count
+                done.append(offset)
+            seconds = time.perf_counter() - started
+        finally:
+            os.close(fd)
+        return RunResult(_throughput(total, seconds), seconds, total, len(done),
+                         {"iops": len(done) / seconds}), done
+
+    def run_mount(self, ctx: Context, root: Path, client: str) -> RunResult:
+        clear_cache_blocks(self.cache)
+        try:
+            offsets = RandRead._offsets(ctx.size, 11)
+            first, done = self._read(ctx, root, offsets, time.perf_counter() + ctx.duration)
+            if client == OURS:
+                touched = {o // MiB for o in done} | {(o + RANDOM_BLOCK - 1) // MiB
+                                                      for o in done}
+                dropped = self._second_pass_ready(len(touched))
+            else:
+                dropped = drop_page_cache()
+            second, _ = self._read(ctx, root, done, None)
+            return self._speedup(first, second, dropped)
+        finally:
+            clear_cache_blocks(self.cache)
+
+    def run_raw(self, ctx: Context) -> RunResult:
+        return RandRead().run_raw(ctx)
+
+
+class CacheSmallFiles(_CacheWorkload):
+    def __init__(self) -> None:
+        super().__init__("cache_small", "s",
+                         "re-read of many 4 KiB files from the --cache directory (page cache "
+                         "dropped), one reader; first_value = the first pass",
+                         frozenset({"small"}))
+
+    def _read(self, ctx: Context, root: Path) -> RunResult:
+        started = time.perf_counter()
+        total = 0
+        for index in range(ctx.small_count):
+            with open(root / small_key(index), "rb") as handle:
+                total += len(handle.read())
+        seconds = time.perf_counter() - started
+        _check(total == ctx.small_count * SMALL_SIZE,
+               f"read {total} bytes, expected {ctx.small_count * SMALL_SIZE}")
+        return RunResult(seconds, seconds, total, ctx.small_count,
+                         {"files_per_s": ctx.small_count / seconds})
+
+    def run_mount(self, ctx: Context, root: Path, client: str) -> RunResult:
+        clear_cache_blocks(self.cache)
+        try:
+            first = self._read(ctx, root)
+            dropped = (self._second_pass_ready(ctx.small_count) if client == OURS
+                       else drop_page_cache())
+            return self._speedup(first, self._read(ctx, root), dropped)
+        finally:
+            clear_cache_blocks(self.cache)
+
+    def run_raw(self, ctx: Context) -> RunResult:
+        return SmallFiles(1).run_raw(ctx)
+
+
 class MountTime(Workload):
     """The harness times the mount itself; this class only names and labels it."""
 
@@ -361,8 +565,9 @@ class MountTime(Workload):
 
 
 def all_workloads(mount_label: str) -> list[Workload]:
-    return [SeqRead(1), SeqRead(4), RandRead(), FirstByte(), SeqWrite(), Listing(False),
-            Listing(True), SmallFiles(1), SmallFiles(8), MountTime(mount_label)]
+    return [SeqRead(1), SeqRead(1, direct_io=True), SeqRead(4), RandRead(), FirstByte(),
+            SeqWrite(), Listing(False), Listing(True), SmallFiles(1), SmallFiles(8),
+            MountTime(mount_label), CacheSeqRead(), CacheRandRead(), CacheSmallFiles()]
 
 
-GROUPS = ("read", "write", "meta", "small")
+GROUPS = ("read", "write", "meta", "small", "cache")

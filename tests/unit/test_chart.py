@@ -98,10 +98,12 @@ def test_every_rendered_object_passes_strict_validation(
         default_docs: list[dict[str, Any]], all_on_docs: list[dict[str, Any]],
         version: str) -> None:
     for doc in default_docs + all_on_docs:
-        _validate(doc, version)
+        if doc["kind"] != "ServiceMonitor":  # a CRD: checked in test_service_monitor
+            _validate(doc, version)
     kinds = {d["kind"] for d in all_on_docs}
     assert kinds == {"CSIDriver", "DaemonSet", "Deployment", "ServiceAccount", "ClusterRole",
-                     "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "ConfigMap"}
+                     "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "ConfigMap",
+                     "Service", "ServiceMonitor"}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -232,7 +234,7 @@ def test_mount_survival_objects(default_docs: list[dict[str, Any]]) -> None:
     assert mounter["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert node["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     container = containers(mounter)["mounter"]
-    assert container["command"] == ["python3", "-m", "driver.mounts.mounter"]
+    assert container["command"] == ["cloudbucket-csi", "supervisor"]
     socket_arg = next(a for a in container["args"] if a.startswith("--socket="))
     assert env_of(containers(node)["cloudbucket-csi"])["CLOUDBUCKET_MOUNTER_SOCKET"] == \
         socket_arg.split("=", 1)[1]
@@ -244,6 +246,36 @@ def test_mount_survival_objects(default_docs: list[dict[str, Any]]) -> None:
     # Same identity: FUSE servers in the mounter use the driver's service account (IRSA).
     assert mounter["spec"]["template"]["spec"]["serviceAccountName"] == \
         node["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_node_cache_host_path_reaches_node_plugin_and_mounter(
+        default_docs: list[dict[str, Any]]) -> None:
+    root = "/var/lib/cloudbucket-csi-cache"
+    for kind_suffix, name in (("-node", "cloudbucket-csi"), ("-mounter", "mounter")):
+        workload = find(default_docs, "DaemonSet", kind_suffix)
+        container = containers(workload)[name]
+        env = env_of(container)
+        assert env["CLOUDBUCKET_CACHE_ROOT"] == root
+        assert int(env["CLOUDBUCKET_CACHE_DEFAULT_MAX_SIZE_MIB"]) == 10240
+        assert float(env["CLOUDBUCKET_CACHE_RETENTION_SECONDS"]) == 3600
+        mount = {m["mountPath"]: m for m in container["volumeMounts"]}[root]
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mount["name"]]["hostPath"] == {"path": root, "type": "DirectoryOrCreate"}
+    # What the node plugin makes of that environment.
+    from driver.volume import CacheSettings
+
+    settings = CacheSettings.from_env(env_of(containers(find(
+        default_docs, "DaemonSet", "-node"))["cloudbucket-csi"]))
+    assert settings.root == root and settings.default_max_size_mib == 10240
+
+
+def test_node_cache_can_be_switched_off() -> None:
+    docs = documents(render(set_values=("node.cacheHostPath=",)))
+    for kind_suffix, name in (("-node", "cloudbucket-csi"), ("-mounter", "mounter")):
+        workload = find(docs, "DaemonSet", kind_suffix)
+        assert "CLOUDBUCKET_CACHE_ROOT" not in env_of(containers(workload)[name])
+        assert "cache-dir" not in {v["name"] for v in
+                                   workload["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_mounter_can_be_switched_off() -> None:
@@ -262,11 +294,19 @@ def test_rbac_is_least_privilege(default_docs: list[dict[str, Any]]) -> None:
     lease_role = find(default_docs, "Role", "-leader-election")
     assert lease_role["metadata"]["namespace"] == NAMESPACE
     assert [r["resources"] for r in lease_role["rules"]] == [["leases"]]
-    # The node plugin and mounter talk to no API: kubelet hands them secrets and tokens.
+    # The node plugin and mounter read no API object (kubelet hands them secrets and
+    # tokens); the node plugin may only create and patch Events (on pods, any namespace).
     node_sa = find(default_docs, "DaemonSet", "-node")["spec"]["template"]["spec"][
         "serviceAccountName"]
-    for binding in (d for d in default_docs if d["kind"].endswith("Binding")):
-        assert node_sa not in [s["name"] for s in binding["subjects"]]
+    node_bindings = [d for d in default_docs if d["kind"].endswith("Binding")
+                     and node_sa in [s["name"] for s in d["subjects"]]]
+    assert [b["roleRef"]["name"] for b in node_bindings] == ["cloudbucket-csi-node-events"]
+    assert node_bindings[0]["kind"] == "ClusterRoleBinding"
+    events_role = find(default_docs, "ClusterRole", "-node-events")
+    assert events_role["rules"] == [{"apiGroups": [""], "resources": ["events"],
+                                     "verbs": ["create", "patch"]}]
+    no_events = documents(render(set_values=("events.enabled=false",)))
+    assert not [d for d in no_events if d["metadata"]["name"].endswith("-node-events")]
     no_secrets = documents(render(set_values=("controller.readSecrets=false",)))
     rules = find(no_secrets, "ClusterRole", "-provisioner")["rules"]
     assert not [r for r in rules if "secrets" in r["resources"]]
@@ -383,7 +423,7 @@ def test_examples_are_accepted_by_the_driver() -> None:
     # prefix; a StorageClass; an inline ephemeral volume.
     for needle in ("r2.cloudflarestorage.com", "storage.googleapis.com", "provider: gcs",
                    "GOOGLE_ACCESS_KEY_ID", "roleArn:", 'readOnly: "true"', "keyPrefix:",
-                   "nodePublishSecretRef", "kind: StorageClass"):
+                   "nodePublishSecretRef", "kind: StorageClass", "cache: node"):
         assert needle in text, needle
     assert any("csi" in v for d in all_docs if d["kind"] == "Pod" for v in d["spec"]["volumes"])
 
@@ -394,3 +434,93 @@ def test_driver_parser_rejects_a_broken_example() -> None:
     pv["spec"]["csi"]["volumeAttributes"]["keyPrefix"] = "no-trailing-slash"
     with pytest.raises(VolumeError, match="keyPrefix"):
         check_volumes_parse([pv])
+
+
+# ----------------------------------------------------------------- metrics and dashboard
+
+def _metric_names() -> set[str]:
+    """Every sample name the driver can expose (driver/metrics.py defines them once)."""
+    from driver import metrics
+
+    names = {metrics.MOUNTS_NAME, metrics.SCRAPE_UP_NAME}
+    for registry in (metrics.FUSE_REGISTRY, metrics.PLUGIN_REGISTRY):
+        for family in registry.collect():
+            names.add(family.name)
+            names.update(sample.name for sample in family.samples)
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            if family.type == "histogram":
+                names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def test_metrics_ports_and_services(default_docs: list[dict[str, Any]]) -> None:
+    for workload, component, port in (("DaemonSet", "node", 9809),
+                                      ("Deployment", "controller", 9810)):
+        container = containers(find(default_docs, workload, f"-{component}"))["cloudbucket-csi"]
+        assert f"--metrics-address=0.0.0.0:{port}" in container["args"]
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in \
+            container["ports"]
+        service = find(default_docs, "Service", f"-{component}-metrics")
+        assert service["spec"]["clusterIP"] == "None"  # each pod scraped by itself
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == component
+        assert service["spec"]["ports"] == [{"name": "metrics", "port": port,
+                                             "targetPort": "metrics", "protocol": "TCP"}]
+        pod_labels = find(default_docs, workload, f"-{component}")["spec"]["template"][
+            "metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+    # Off by default: the ServiceMonitor (needs prometheus-operator) and the dashboard.
+    assert not [d for d in default_docs if d["kind"] == "ServiceMonitor"]
+    assert not [d for d in default_docs if d["metadata"]["name"].endswith("-dashboard")]
+    off = documents(render(set_values=("metrics.enabled=false",)))
+    assert not [d for d in off if d["kind"] == "Service"]
+    for doc in off:
+        for _, spec in pod_specs(doc):
+            for container in spec["containers"]:
+                assert not any("--metrics-address" in a for a in container.get("args", []))
+    moved = documents(render(set_values=("metrics.nodePort=19000",)))
+    node = containers(find(moved, "DaemonSet", "-node"))["cloudbucket-csi"]
+    assert "--metrics-address=0.0.0.0:19000" in node["args"]
+
+
+def test_service_monitor(all_on_docs: list[dict[str, Any]]) -> None:
+    monitor = find(all_on_docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "endpoints"}
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout", "honorLabels"}
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "30s" and endpoint["honorLabels"] is True
+    selected = [d for d in all_on_docs if d["kind"] == "Service" and
+                monitor["spec"]["selector"]["matchLabels"].items()
+                <= d["metadata"]["labels"].items()]
+    assert sorted(d["metadata"]["name"] for d in selected) == [
+        "cloudbucket-csi-controller-metrics", "cloudbucket-csi-node-metrics"]
+    for service in selected:
+        assert "metrics" in [port["name"] for port in service["spec"]["ports"]]
+
+
+def test_dashboard_renders_and_graphs_only_real_metrics(
+        all_on_docs: list[dict[str, Any]]) -> None:
+    import re
+
+    config_map = find(all_on_docs, "ConfigMap", "-dashboard")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["cloudbucket-csi.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "cloudbucket-csi.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = " ".join(p["title"].lower() for p in panels)
+    for topic in ("throughput", "latency", "errors", "memory", "cache", "requests"):
+        assert topic in titles
+    known = _metric_names()
+    used = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used.update(re.findall(r"\b(?:cloudbucket|process)_[a-z_]+", target["expr"]))
+    unknown = used - known
+    assert not unknown, f"the dashboard graphs metrics the driver does not expose: {unknown}"
+    assert len(used) >= 20

@@ -12,58 +12,55 @@ import pytest
 
 from driver.credentials.source import Credentials
 from driver.csi import csi_pb2
-from driver.mounts.base import Health, MountFailed, ServerInfo, TargetState
+from driver.failures import Failure, FailureError, FailureKind
+from driver.mounts.protocol import MountRequest, ServerStatus
 from driver.mounts.state import StateStore
 from driver.services.errors import CsiError
 from driver.services.node import NodeService
-from driver.volume import VolumeSpec
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 
 
 class FakeMounter:
-    """Records calls; `fail` makes the next start fail; `dead` marks targets as dead."""
+    """Records calls; `fail` makes the next mount fail; `dead` marks targets as dead."""
 
     def __init__(self) -> None:
-        self.mounted: dict[str, ServerInfo] = {}
-        self.started: list[tuple[str, VolumeSpec]] = []
+        self.mounted: dict[str, int] = {}  # target -> pid
+        self.started: list[tuple[str, MountRequest]] = []
         self.credentials: dict[str, Credentials] = {}
         self.stopped: list[str] = []
         self.dead: set[str] = set()
-        self.fail: MountFailed | None = None
+        self.fail: FailureError | None = None
         self.gate: threading.Event | None = None
         self._next_pid = 1000
 
-    def start(self, spec: VolumeSpec, target: str,
-              spawned: Callable[[ServerInfo], None]) -> ServerInfo:
+    def mount(self, request: MountRequest) -> ServerStatus:
         self._next_pid += 1
-        server = ServerInfo(self._next_pid, 1, f"/creds/{self._next_pid}", "/log")
-        spawned(server)
         if self.gate is not None:
             self.gate.wait(10)
         if self.fail is not None:
             raise self.fail
-        self.started.append((target, spec))
-        self.mounted[target] = server
-        self.credentials[target] = spec.credentials
-        return server
+        self.started.append((request.target, request))
+        self.mounted[request.target] = self._next_pid
+        self.credentials[request.target] = request.credentials
+        return self.check(request.target)
 
-    def check(self, server: ServerInfo, target: str) -> Health:
-        ok = self.mounted.get(target) == server and target not in self.dead
-        return Health(ok, "fine" if ok else "ENOTCONN: server gone")
+    def check(self, target: str) -> ServerStatus:
+        if target not in self.mounted:
+            raise FailureError(Failure(FailureKind.NOT_MOUNTED, f"nothing at {target}"))
+        ok = target not in self.dead
+        return ServerStatus(target=target, volume_id="?", ok=ok,
+                            message="fine" if ok else "ENOTCONN: server gone",
+                            pid=self.mounted[target])
 
-    def update_credentials(self, server: ServerInfo, target: str,
-                           credentials: Credentials) -> None:
-        assert self.mounted[target] == server
+    def update_credentials(self, target: str, credentials: Credentials) -> None:
+        assert target in self.mounted
         self.credentials[target] = credentials
 
-    def stop(self, server: ServerInfo | None, target: str, terminate: bool = False) -> None:
+    def unmount(self, target: str, terminate: bool = False) -> None:
         self.stopped.append(target)
         self.mounted.pop(target, None)
         self.dead.discard(target)
-
-    def target_state(self, target: str) -> TargetState:
-        return TargetState.OURS if target in self.mounted else TargetState.EMPTY
 
 
 @pytest.fixture
@@ -101,10 +98,10 @@ def test_publish_builds_the_spec_and_records_it(node: NodeService, mounter: Fake
     assert started_target == str(target) and target.is_dir()
     assert spec.bucket == "bucket" and spec.options.prefix == "data/"
     assert spec.options.read_only and spec.options.allow_delete
-    assert spec.credentials.access_key_id == "k"
+    assert spec.credentials.access_key_id == "k" and spec.volume_id == "vol-1"
     record = node.state.get(str(target))
-    assert record is not None and record.phase == "ready" and record.server is not None
-    assert record.options["read-only"] == "true"
+    assert record is not None and record.phase == "ready"
+    assert record.options["read_only"] is True
 
 
 def test_provisioner_bookkeeping_attributes_are_ignored(node: NodeService,
@@ -113,8 +110,10 @@ def test_provisioner_bookkeeping_attributes_are_ignored(node: NodeService,
     request = _request(tmp_path / "t")
     request.volume_context["storage.kubernetes.io/csiProvisionerIdentity"] = "123-csi"
     request.volume_context["csi.storage.k8s.io/pod.name"] = "web-0"
+    request.volume_context["csi.storage.k8s.io/pod.namespace"] = "shop"
     node.NodePublishVolume(request, None)
-    assert len(mounter.started) == 1
+    [(_, mount)] = mounter.started
+    assert mount.labels == {"pod_name": "web-0", "pod_namespace": "shop"}
 
 
 def test_compatible_repeat_rewrites_credentials_without_remounting(
@@ -150,16 +149,19 @@ def test_republish_over_a_dead_mount_remounts(node: NodeService, mounter: FakeMo
 def test_failed_start_leaves_nothing_behind(node: NodeService, mounter: FakeMounter,
                                             tmp_path: Path) -> None:
     target = tmp_path / "t"
-    for kind, code in (("access_denied", grpc.StatusCode.PERMISSION_DENIED),
-                       ("bucket_not_found", grpc.StatusCode.NOT_FOUND),
-                       ("unreachable", grpc.StatusCode.UNAVAILABLE),
-                       ("timeout", grpc.StatusCode.DEADLINE_EXCEEDED),
-                       ("failed", grpc.StatusCode.INTERNAL)):
-        mounter.fail = MountFailed(kind, f"reason {kind}")  # type: ignore[arg-type]
-        got, message = _code(lambda: node.NodePublishVolume(_request(target), None))
-        assert got == code and f"reason {kind}" in message and "bucket" in message
-        assert not target.exists() and node.state.all() == []
-    mounter.fail = MountFailed("access_denied", "denied")
+    for kind, code in ((FailureKind.ACCESS_DENIED, grpc.StatusCode.PERMISSION_DENIED),
+                       (FailureKind.BUCKET_NOT_FOUND, grpc.StatusCode.NOT_FOUND),
+                       (FailureKind.UNREACHABLE, grpc.StatusCode.UNAVAILABLE),
+                       (FailureKind.INVALID_OPTION, grpc.StatusCode.INVALID_ARGUMENT),
+                       (FailureKind.BUSY, grpc.StatusCode.FAILED_PRECONDITION),
+                       (FailureKind.TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
+                       (FailureKind.FAILED, grpc.StatusCode.INTERNAL)):
+        for wording in (f"reason {kind}", f"completely different words {kind}"):
+            mounter.fail = FailureError(Failure(kind, wording))
+            got, message = _code(lambda: node.NodePublishVolume(_request(target), None))
+            assert got == code and wording in message and "bucket" in message
+            assert not target.exists() and node.state.all() == []
+    mounter.fail = FailureError(Failure(FailureKind.ACCESS_DENIED, "denied"))
     _, message = _code(lambda: node.NodePublishVolume(_request(target), None))
     assert "AWS_ACCESS_KEY_ID" in message  # names where the refused credentials came from
 

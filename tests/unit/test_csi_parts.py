@@ -1,4 +1,4 @@
-"""Small parts of the CSI layer: failure classification, legacy VolumeCondition encoding,
+"""Small parts of the CSI layer: legacy VolumeCondition encoding,
 keyed locks, PID identity."""
 
 from __future__ import annotations
@@ -7,18 +7,9 @@ import os
 import threading
 
 from driver.csi import csi_pb2
-from driver.mounts.process import classify, process_start_time
+from driver.mounts.supervisor import process_start_time
 from driver.services import legacy
 from driver.services.locks import KeyedLocks
-
-
-def test_mount_errors_are_classified_by_their_one_line() -> None:
-    assert classify("access to bucket b denied: check the credentials (403)") == "access_denied"
-    assert classify("cloudbucket-csi: error: bucket b does not exist") == "bucket_not_found"
-    assert classify("cannot reach the endpoint http://x: refused") == "unreachable"
-    assert classify("mountpoint /t is busy: something is already mounted there") == "busy"
-    assert classify("bucket b: weird") == "failed"
-    assert classify("Traceback (most recent call last)") == "failed"
 
 
 def test_legacy_volume_condition_round_trips_through_the_wire() -> None:

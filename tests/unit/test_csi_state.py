@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from driver.mounts.base import ServerInfo
 from driver.mounts.state import MountRecord, StateStore, target_key, write_atomically
 
 
@@ -15,8 +14,7 @@ def _record(target: str, volume_id: str = "vol-1", pid: int = 123) -> MountRecor
     return MountRecord(
         target=target, volume_id=volume_id, bucket="b", options={"prefix": "p/"},
         credentials_kind="static", role_arn="", access_mode="SINGLE_NODE_WRITER",
-        phase="ready", server=ServerInfo(pid=pid, start_time=99, credentials_file="/c",
-                                         log_file="/l"))
+        phase="ready", extra={"pid": str(pid)})
 
 
 def test_records_survive_a_reload_from_disk(tmp_path: Path) -> None:
@@ -37,7 +35,7 @@ def test_put_replaces_atomically_and_leaves_no_temporary_files(tmp_path: Path) -
     store = StateStore(tmp_path / "volumes")
     store.put(_record("/t", pid=1))
     store.put(_record("/t", pid=2))
-    assert store.get("/t").server.pid == 2  # type: ignore[union-attr]
+    assert store.get("/t").extra["pid"] == "2"  # type: ignore[union-attr]
     assert [p.name for p in store.directory.iterdir()] == [f"{target_key('/t')}.json"]
     assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
     record_file = store.directory / f"{target_key('/t')}.json"

@@ -54,6 +54,17 @@ def test_make_renders_the_e2e_targets() -> None:
         assert expected in done.stdout
 
 
+def test_local_build_stops_the_dockerd_it_started() -> None:
+    done = subprocess.run(["make", "-n", "e2e-local-build"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    started = done.stdout.index("dockerd --bridge=none")
+    archived = done.stdout.index("e2e/local/build-images.sh")
+    stopped = done.stdout.index("kill $pid", archived)
+    assert started < archived < stopped
+    assert "cat " + str(ROOT / ".cache" / "dockerd.pid") in done.stdout[archived:]
+
+
 def test_shell_scripts_parse() -> None:
     scripts = sorted(E2E.glob("**/*.sh"))
     assert len(scripts) >= 5

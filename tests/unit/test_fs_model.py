@@ -88,6 +88,9 @@ async def _apply(fs: Filesystem, model: Model, op: tuple) -> None:
         await fs.flush(fh)
         await fs.release(fh)
         model.files[path] = data
+        # mountpoint-s3's semantics: a local directory becomes remote once a file is
+        # uploaded under it, and a remote directory exists only while objects are under it.
+        model.local_dirs -= {d for d in model.local_dirs if path.startswith(d)}
     elif kind == "unlink":
         path = directory + op[2]
         try:

@@ -95,3 +95,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
         path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/* The node-local cache: environment, mount and host volume (node plugin and mounter). */}}
+{{- define "cloudbucket-csi.cacheEnv" -}}
+{{- if .Values.node.cacheHostPath }}
+- name: CLOUDBUCKET_CACHE_ROOT
+  value: {{ .Values.node.cacheHostPath | quote }}
+- name: CLOUDBUCKET_CACHE_DEFAULT_MAX_SIZE_MIB
+  value: {{ .Values.node.cacheDefaultMaxSizeMiB | int | quote }}
+- name: CLOUDBUCKET_CACHE_RETENTION_SECONDS
+  value: {{ .Values.node.cacheRetentionSeconds | int | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "cloudbucket-csi.cacheVolumeMount" -}}
+{{- if .Values.node.cacheHostPath }}
+- name: cache-dir
+  mountPath: {{ .Values.node.cacheHostPath }}
+{{- end }}
+{{- end -}}
+
+{{- define "cloudbucket-csi.cacheVolume" -}}
+{{- if .Values.node.cacheHostPath }}
+- name: cache-dir
+  hostPath:
+    path: {{ .Values.node.cacheHostPath }}
+    type: DirectoryOrCreate
+{{- end }}
+{{- end -}}

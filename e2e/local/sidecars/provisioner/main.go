@@ -1,13 +1,15 @@
-// csi-provisioner stand-in: dynamic provisioning for one driver on a small cluster.
-//
-// Every second it lists PVCs and PVs (a single-node e2e cluster holds a handful):
-//   - a pending PVC whose StorageClass names this driver gets CreateVolume and a PV
-//     pre-bound to it (claimRef), which the PV controller then binds;
-//   - a Released PV this driver provisioned, with reclaim policy Delete, gets DeleteVolume,
-//     then the PV is deleted.
-// Secrets follow the external-provisioner's StorageClass parameters
-// (csi.storage.k8s.io/provisioner-secret-*, node-publish-secret-*, ${pvc.name} and
-// ${pvc.namespace} templates).
+// csi-provisioner stand-in, built on sigs.k8s.io/sig-storage-lib-external-provisioner/v11:
+// the controller library the real external-provisioner uses. The library watches PVCs,
+// StorageClasses and PVs (informers, work queues, retries with backoff), decides which
+// claims are this driver's (the volume.kubernetes.io/storage-provisioner annotation that
+// the PV controller sets), creates the PV bound to the claim, records the Provisioning*
+// Events, and deletes released PVs with reclaim policy Delete. This file is only the
+// CSI side of it, as in external-provisioner's pkg/controller:
+//   - Provision: StorageClass parameters (csi.storage.k8s.io/* keys removed), the
+//     provisioner Secret (provisioner-secret-name/namespace with ${pvc.name},
+//     ${pvc.namespace} and ${pv.name} templates), --extra-create-metadata, access modes and
+//     mount options -> CreateVolume -> a PV with the node-publish Secret reference;
+//   - Delete: DeleteVolume with the Secret whose name the PV's annotations keep.
 package main
 
 import (
@@ -20,20 +22,28 @@ import (
 
 	"cloudbucket-csi/e2e/sidecars/internal/csiconn"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v11/controller"
 )
 
 const (
 	prefix          = "csi.storage.k8s.io/"
-	provisionedBy   = "pv.kubernetes.io/provisioned-by"
 	deleteSecretNS  = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
 	deleteSecretKey = "volume.kubernetes.io/provisioner-deletion-secret-name"
 )
+
+var accessModes = map[v1.PersistentVolumeAccessMode]csi.VolumeCapability_AccessMode_Mode{
+	v1.ReadWriteOnce:    csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
+	v1.ReadOnlyMany:     csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
+	v1.ReadWriteMany:    csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER,
+	v1.ReadWriteOncePod: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+}
 
 type provisioner struct {
 	kube          kubernetes.Interface
@@ -42,6 +52,8 @@ type provisioner struct {
 	timeout       time.Duration
 	extraMetadata bool
 }
+
+var _ controller.Provisioner = &provisioner{}
 
 func expand(tmpl string, pvc *v1.PersistentVolumeClaim, pvName string) string {
 	r := strings.NewReplacer("${pvc.name}", pvc.Name, "${pvc.namespace}", pvc.Namespace, "${pv.name}", pvName)
@@ -63,29 +75,18 @@ func (p *provisioner) secret(ctx context.Context, ns, name string) (map[string]s
 	return out, nil
 }
 
-func (p *provisioner) event(ctx context.Context, pvc *v1.PersistentVolumeClaim, typ, reason, msg string) {
-	ev := &v1.Event{
-		ObjectMeta:     metav1.ObjectMeta{GenerateName: pvc.Name + ".", Namespace: pvc.Namespace},
-		InvolvedObject: v1.ObjectReference{Kind: "PersistentVolumeClaim", Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID, APIVersion: "v1"},
-		Reason:         reason, Message: msg, Type: typ,
-		Source:         v1.EventSource{Component: p.driver + "_csi-provisioner"},
-		FirstTimestamp: metav1.Now(), LastTimestamp: metav1.Now(), Count: 1,
+// finalState tells the library whether a failed CreateVolume may still be in progress
+// (then it calls Provision again with the same name), as external-provisioner does.
+func finalState(err error) controller.ProvisioningState {
+	switch status.Code(err) {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return controller.ProvisioningInBackground
 	}
-	_, _ = p.kube.CoreV1().Events(pvc.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+	return controller.ProvisioningFinished
 }
 
-func (p *provisioner) provision(ctx context.Context, pvc *v1.PersistentVolumeClaim, sc map[string]*StorageClassInfo) {
-	if pvc.Spec.VolumeName != "" || pvc.Status.Phase != v1.ClaimPending || pvc.Spec.StorageClassName == nil {
-		return
-	}
-	class, ok := sc[*pvc.Spec.StorageClassName]
-	if !ok {
-		return
-	}
-	pvName := "pvc-" + string(pvc.UID)
-	if _, err := p.kube.CoreV1().PersistentVolumes().Get(ctx, pvName, metav1.GetOptions{}); err == nil {
-		return
-	}
+func (p *provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+	pvc, class, pvName := opts.PVC, opts.StorageClass, opts.PVName
 	params := map[string]string{}
 	var provNS, provName, nodeNS, nodeName string
 	for k, v := range class.Parameters {
@@ -111,21 +112,14 @@ func (p *provisioner) provision(ctx context.Context, pvc *v1.PersistentVolumeCla
 	}
 	secrets, err := p.secret(ctx, provNS, provName)
 	if err != nil {
-		p.event(ctx, pvc, v1.EventTypeWarning, "ProvisioningFailed", fmt.Sprintf("provisioner secret: %v", err))
-		return
+		return nil, controller.ProvisioningFinished, fmt.Errorf("provisioner secret: %w", err)
 	}
 	size := pvc.Spec.Resources.Requests[v1.ResourceStorage]
 	var caps []*csi.VolumeCapability
 	for _, m := range pvc.Spec.AccessModes {
-		mode := map[v1.PersistentVolumeAccessMode]csi.VolumeCapability_AccessMode_Mode{
-			v1.ReadWriteOnce:    csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
-			v1.ReadOnlyMany:     csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
-			v1.ReadWriteMany:    csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER,
-			v1.ReadWriteOncePod: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
-		}[m]
 		caps = append(caps, &csi.VolumeCapability{
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: class.MountOptions}},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: accessModes[m]},
 		})
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.timeout)
@@ -135,24 +129,25 @@ func (p *provisioner) provision(ctx context.Context, pvc *v1.PersistentVolumeCla
 		CapacityRange: &csi.CapacityRange{RequiredBytes: size.Value()},
 	})
 	if err != nil {
-		log.Printf("CreateVolume %s/%s: %v", pvc.Namespace, pvc.Name, err)
-		p.event(ctx, pvc, v1.EventTypeWarning, "ProvisioningFailed", err.Error())
-		return
+		return nil, finalState(err), fmt.Errorf("CreateVolume: %w", err)
 	}
 	capacity := size
 	if resp.Volume.CapacityBytes > 0 {
 		capacity = *resourceQuantity(resp.Volume.CapacityBytes)
 	}
+	policy := v1.PersistentVolumeReclaimDelete
+	if class.ReclaimPolicy != nil {
+		policy = *class.ReclaimPolicy
+	}
+	// The library adds the claimRef, the provisioned-by annotation and the class name.
 	pv := &v1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: pvName, Annotations: map[string]string{provisionedBy: p.driver}},
+		ObjectMeta: metav1.ObjectMeta{Name: pvName, Annotations: map[string]string{}},
 		Spec: v1.PersistentVolumeSpec{
 			Capacity:                      v1.ResourceList{v1.ResourceStorage: capacity},
 			AccessModes:                   pvc.Spec.AccessModes,
-			PersistentVolumeReclaimPolicy: class.ReclaimPolicy,
-			StorageClassName:              *pvc.Spec.StorageClassName,
+			PersistentVolumeReclaimPolicy: policy,
 			MountOptions:                  class.MountOptions,
-			ClaimRef: &v1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1",
-				Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID},
+			VolumeMode:                    pvc.Spec.VolumeMode,
 			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{
 				Driver: p.driver, VolumeHandle: resp.Volume.VolumeId, VolumeAttributes: resp.Volume.VolumeContext,
 			}},
@@ -165,75 +160,33 @@ func (p *provisioner) provision(ctx context.Context, pvc *v1.PersistentVolumeCla
 	if nodeName != "" {
 		pv.Spec.CSI.NodePublishSecretRef = &v1.SecretReference{Name: nodeName, Namespace: nodeNS}
 	}
-	if _, err := p.kube.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		log.Printf("create PV %s: %v", pvName, err)
-		return
-	}
 	log.Printf("provisioned %s for %s/%s (volume %s)", pvName, pvc.Namespace, pvc.Name, resp.Volume.VolumeId)
-	p.event(ctx, pvc, v1.EventTypeNormal, "ProvisioningSucceeded", "Successfully provisioned volume "+pvName)
+	return pv, controller.ProvisioningFinished, nil
 }
 
-func (p *provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) {
-	if pv.Annotations[provisionedBy] != p.driver || pv.Status.Phase != v1.VolumeReleased ||
-		pv.Spec.PersistentVolumeReclaimPolicy != v1.PersistentVolumeReclaimDelete || pv.Spec.CSI == nil {
-		return
+func (p *provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.driver {
+		return &controller.IgnoredError{Reason: "not a volume of " + p.driver}
 	}
 	secrets, err := p.secret(ctx, pv.Annotations[deleteSecretNS], pv.Annotations[deleteSecretKey])
 	if err != nil {
-		log.Printf("deletion secret of %s: %v", pv.Name, err)
-		return
+		return fmt.Errorf("deletion secret: %w", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	if _, err := p.ctrl.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets}); err != nil {
-		log.Printf("DeleteVolume %s: %v", pv.Name, err)
-		return
+		return fmt.Errorf("DeleteVolume: %w", err)
 	}
-	if err := p.kube.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		log.Printf("delete PV %s: %v", pv.Name, err)
-		return
-	}
-	log.Printf("deleted %s (volume %s)", pv.Name, pv.Spec.CSI.VolumeHandle)
+	log.Printf("deleted volume %s of %s", pv.Spec.CSI.VolumeHandle, pv.Name)
+	return nil // the library deletes the PV object
 }
 
-// StorageClassInfo is what provisioning needs from a StorageClass of this driver.
-type StorageClassInfo struct {
-	Parameters    map[string]string
-	MountOptions  []string
-	ReclaimPolicy v1.PersistentVolumeReclaimPolicy
-}
-
-func (p *provisioner) once(ctx context.Context) error {
-	classes, err := p.kube.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	mine := map[string]*StorageClassInfo{}
-	for _, c := range classes.Items {
-		if c.Provisioner != p.driver {
-			continue
-		}
-		policy := v1.PersistentVolumeReclaimDelete
-		if c.ReclaimPolicy != nil {
-			policy = *c.ReclaimPolicy
-		}
-		mine[c.Name] = &StorageClassInfo{Parameters: c.Parameters, MountOptions: c.MountOptions, ReclaimPolicy: policy}
-	}
-	pvcs, err := p.kube.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for i := range pvcs.Items {
-		p.provision(ctx, &pvcs.Items[i], mine)
-	}
-	pvs, err := p.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for i := range pvs.Items {
-		p.delete(ctx, &pvs.Items[i])
-	}
-	return nil
+func newController(ctx context.Context, p *provisioner, resync time.Duration) *controller.ProvisionController {
+	return controller.NewProvisionController(ctx, p.kube, p.driver, p,
+		controller.LeaderElection(false), // one replica in the e2e cluster
+		controller.ResyncPeriod(resync),
+		controller.FailedProvisionThreshold(0), // retry until it works, as external-provisioner
+	)
 }
 
 func main() {
@@ -262,10 +215,5 @@ func main() {
 		driver: csiconn.DriverName(conn), timeout: *timeout, extraMetadata: *extra,
 	}
 	log.Printf("provisioning for %s", p.driver)
-	for {
-		if err := p.once(context.Background()); err != nil {
-			log.Printf("sync: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
+	newController(context.Background(), p, 15*time.Second).Run(context.Background())
 }

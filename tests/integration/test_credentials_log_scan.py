@@ -1,18 +1,17 @@
 """No secret or token in any log, argv or environment of a mount server.
 
-Runs after the other credential tests (file order) and scans every log file and CLI
-stderr they produced for every secret and token they handed out (tests/creds_helpers.py
-records both). It also runs its own debug-level scenario, so it proves something when run
-alone: a good role mount, a refused token, wrong static keys, a republish, a refused GCS key.
+Every credential test's own logs are scanned at its teardown (the `mounts` fixture in
+tests/creds_helpers.py), so no test depends on running after another. This module runs a
+debug-level scenario that touches every path a secret travels (a good role mount, a
+republish, a refused token, wrong static keys, a refused GCS key), checks argv and
+environment of the live server, and proves the scan itself finds a planted leak.
 """
-# ruff: noqa: F811 - pytest fixtures imported from tests/*_fixtures.py are parameters here
 
 from __future__ import annotations
 
 import json
 import secrets
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,17 +19,15 @@ import pytest
 
 from driver.credentials.source import Credentials
 from driver.devservers import FakeGcs
-from tests.creds_helpers import LOGS_SEEN, SECRETS_SEEN, CredMounts, remember, write_credentials
-from tests.gcs_fixtures import fake_gcs, gcs, gcs_bucket  # noqa: F401
+from tests.creds_helpers import (
+    CredMounts,
+    find_leaks,
+    long_secrets,
+    remember,
+    write_credentials,
+)
 from tests.oidc_issuer import new_rsa_key, private_pem
-from tests.sts_fixtures import Env, sts_env  # noqa: F401
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[CredMounts]:
-    manager = CredMounts(tmp_path)
-    yield manager
-    manager.close()
+from tests.sts_fixtures import Env
 
 
 def _process_text(pid: int) -> str:
@@ -66,27 +63,17 @@ def _scenario(env: Env, fake: FakeGcs, gcs_bucket: str, mounts: CredMounts) -> N
                    env={"STORAGE_EMULATOR_HOST": fake.endpoint})
 
 
+@pytest.mark.fuse
 def test_no_secret_or_token_in_any_log(sts_env: Env, fake_gcs: FakeGcs, gcs_bucket: str,
                                        mounts: CredMounts) -> None:
     _scenario(sts_env, fake_gcs, gcs_bucket, mounts)
     mounts.close()  # flush and stop the servers before reading their logs
-    logs = [path for path in LOGS_SEEN if path.exists()]
+    logs = [path for path in mounts.logs if path.exists()]
     assert len(logs) >= 8, "the scenario's logs were not recorded"
     assert sum(path.stat().st_size for path in logs) > 0
-    secrets_seen = {value for value in SECRETS_SEEN if len(value) >= 8}
-    assert len(secrets_seen) >= 5
-    assert find_leaks(logs, secrets_seen) == []
-
-
-def find_leaks(paths: list[Path], secrets_seen: set[str]) -> list[str]:
-    leaks = []
-    for path in paths:
-        text = path.read_text(errors="replace")
-        for secret in secrets_seen:
-            # A JSON-escaped copy (as structlog's JSON renderer writes it) counts too.
-            if secret in text or json.dumps(secret)[1:-1] in text:
-                leaks.append(f"{path.name}: {secret[:4]}...")
-    return leaks
+    # This test's own token, keys and GCS key line, at least, and more from earlier tests.
+    assert len(long_secrets()) >= 5
+    assert find_leaks(logs, long_secrets()) == []
 
 
 def test_the_scan_finds_a_planted_leak(tmp_path: Path) -> None:
@@ -94,5 +81,8 @@ def test_the_scan_finds_a_planted_leak(tmp_path: Path) -> None:
     clean, dirty = tmp_path / "clean.log", tmp_path / "dirty.log"
     clean.write_text(json.dumps({"event": "fine"}))
     dirty.write_text(json.dumps({"event": "oops", "detail": f"token={planted}"}))
+    raw = tmp_path / "raw.txt"  # a CLI's stderr: not JSON-escaped
+    raw.write_text(f"error: {planted}\n")
     assert find_leaks([clean], {planted}) == []
-    assert find_leaks([clean, dirty], {planted}) == [f"dirty.log: {planted[:4]}..."]
+    assert find_leaks([clean, dirty, raw], {planted}) == [
+        f"dirty.log: {planted[:4]}...", f"raw.txt: {planted[:4]}..."]

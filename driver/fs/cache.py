@@ -1,0 +1,584 @@
+"""A local block cache of object data on the node's disk (`--cache DIR --max-cache-size MiB`).
+
+Design: an object version (bucket, key, ETag or GCS generation, size) is cut into fixed
+`block_size` blocks; block `i` lives in one file named by a hash of the version and `i`,
+`v1/blocks/<aa>/<version-hash>_<i>`. Each file starts with a header (magic, length,
+CRC32C of the data, block index, version hash) checked on every read: a block that fails is
+deleted and reported as a miss, never served, so a torn or bit-rotted file costs one refetch.
+A block is written to a temporary file and renamed into place, so a reader sees a whole
+block or none (no fsync: after a crash the checksum, not the journal, catches a torn file).
+
+The size limit is shared by every process using the directory (two mounts of one volume on
+a node): a `usage` counter is updated under an flock, bytes are reserved before a block is
+written, and when the limit would be passed the directory is scanned and the least
+recently used blocks (by mtime, bumped on every hit) are deleted until a tenth of the limit
+is free. A file that vanishes under a scan, a read or a delete is simply a miss. Any write
+error (ENOSPC, EACCES, EROFS...) turns the cache off for writes with one warning; reads
+still work, from blocks already cached or from the store.
+
+`BlockCache` methods are synchronous and do disk I/O: the filesystem calls them on worker
+threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount),
+never on the FUSE event loop. Freshness is not decided here: a
+version's ETag is confirmed by the filesystem (lookup/open HEAD after `--metadata-ttl`),
+and a changed object has a new ETag, hence new block names; old blocks age out by LRU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import google_crc32c
+import structlog
+import trio
+
+log = structlog.get_logger()
+MiB = 1024 * 1024
+BLOCK_SIZE = 1 * MiB
+_MAGIC = b"CBK1"
+_HEADER = struct.Struct("<4sIIQ32s")  # magic, data length, crc32c(data), index, version hash
+HEADER_SIZE = _HEADER.size
+LAYOUT = "v1"
+LAST_USED = ".last-used"  # touched when a mount starts and stops using the directory
+RESERVED_PREFIX = "put-"  # temporary files whose bytes are reserved in the usage count
+STALE_TMP_SECONDS = 600.0
+# Keep this much of the disk free when no --max-cache-size is given (mountpoint-s3's rule).
+MIN_FREE_FRACTION = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One immutable version of an object: what a block's name and header are bound to."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+    @property
+    def digest(self) -> bytes:
+        text = "\0".join((self.bucket, self.key, self.etag, str(self.size)))
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    written: int = 0
+    evicted: int = 0
+
+
+class BlockCache:
+    def __init__(self, directory: str | os.PathLike[str], max_size: int | None,
+                 block_size: int = BLOCK_SIZE) -> None:
+        self.root = os.fspath(directory)
+        self.max_size = max_size  # bytes; None: keep MIN_FREE_FRACTION of the disk free
+        self.block_size = block_size
+        self.base = os.path.join(self.root, LAYOUT)
+        self.blocks_dir = os.path.join(self.base, "blocks")
+        self.tmp_dir = os.path.join(self.base, "tmp")
+        self.readable = False
+        self.writable = False
+        self.stats = CacheStats()
+        self._lock = threading.Lock()  # flock does not exclude threads sharing one fd
+        self._lock_fd = -1
+        self._usage_fd = -1
+        self._warned = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> BlockCache:
+        """Create the directory (0700) or adopt an existing one; never raises."""
+        try:
+            for path in (self.root, self.base, self.blocks_dir, self.tmp_dir):
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                if os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o700)
+            self._lock_fd = os.open(os.path.join(self.base, "lock"),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._usage_fd = os.open(os.path.join(self.base, "usage"),
+                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.readable = True
+            self._touch_last_used()
+            self._remove_stale_tmp()
+            with self._locked():
+                self._write_usage(self._scan()[0])  # recount: a crash may have left it off
+            self.writable = True
+        except OSError as exc:
+            self._degrade("cannot use the cache directory", exc)
+        return self
+
+    def close(self) -> None:
+        if self.readable:
+            self._touch_last_used()
+        for fd in (self._lock_fd, self._usage_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._lock_fd = self._usage_fd = -1
+        self.readable = self.writable = False
+
+    def _degrade(self, what: str, exc: OSError) -> None:
+        self.writable = False
+        if not self._warned:
+            self._warned = True
+            log.warning(f"{what}: reads continue without caching new data",
+                        cache_dir=self.root, error=exc.strerror or str(exc),
+                        errno=errno.errorcode.get(exc.errno or 0, ""))
+
+    def _touch_last_used(self) -> None:
+        path = os.path.join(self.root, LAST_USED)
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.utime(path)
+
+    def _remove_stale_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP_SECONDS
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+    # ------------------------------------------------------------------ blocks
+
+    def block_count(self, version: ObjectVersion) -> int:
+        return -(-version.size // self.block_size)
+
+    def block_length(self, version: ObjectVersion, index: int) -> int:
+        return max(0, min(self.block_size, version.size - index * self.block_size))
+
+    def path(self, version: ObjectVersion, index: int) -> str:
+        name = version.digest.hex()
+        return os.path.join(self.blocks_dir, name[:2], f"{name}_{index}")
+
+    def get(self, version: ObjectVersion, index: int) -> bytes | None:
+        """The block's data if cached and intact; a damaged block is deleted."""
+        if not self.readable:
+            return None
+        path = self.path(version, index)
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(HEADER_SIZE)
+                data = handle.read()
+        except OSError:  # absent, evicted under us, or unreadable: a miss either way
+            self.stats.misses += 1
+            return None
+        if not self._intact(header, data, version, index):
+            self.stats.corrupt += 1
+            log.warning("dropping a damaged cache block", cache_dir=self.root, block=path)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # LRU: a hit makes the block young
+        self.stats.hits += 1
+        return data
+
+    def _intact(self, header: bytes, data: bytes, version: ObjectVersion, index: int) -> bool:
+        if len(header) < HEADER_SIZE:
+            return False
+        magic, length, crc, stored_index, digest = _HEADER.unpack(header)
+        return (magic == _MAGIC and stored_index == index and digest == version.digest
+                and length == len(data) == self.block_length(version, index)
+                and google_crc32c.value(data) == crc)
+
+    def put(self, version: ObjectVersion, index: int, data: bytes | memoryview) -> bool:
+        """Store a block atomically; False when it was not stored (full, off, present)."""
+        if not self.writable or len(data) != self.block_length(version, index):
+            return False
+        path = self.path(version, index)
+        if os.path.exists(path):
+            return False  # another reader (or mount) cached it first
+        size = HEADER_SIZE + len(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # google_crc32c takes bytes only; a copy is cheap beside it
+        tmp = None
+        reserved = False
+        try:
+            # The temporary file exists before its bytes are reserved, so a scan by another
+            # thread or mount counts the reservation (as a RESERVED_PREFIX file).
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=RESERVED_PREFIX)  # 0600
+            with open(fd, "wb") as out:
+                if not self._reserve(size, pending=True):
+                    return False
+                reserved = True
+                out.write(_HEADER.pack(_MAGIC, len(data), google_crc32c.value(data), index,
+                                       version.digest))
+                out.write(data)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.replace(tmp, path)
+            tmp = None
+            self.stats.written += 1
+            return True
+        except OSError as exc:
+            if reserved:
+                self._release(size)
+            self._degrade("cannot write to the cache directory", exc)
+            return False
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    # ------------------------------------------------------------------ size accounting
+
+    @contextlib.contextmanager
+    def _locked(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _read_usage(self) -> int:
+        raw = os.pread(self._usage_fd, 8, 0)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
+    def _write_usage(self, value: int) -> None:
+        os.pwrite(self._usage_fd, struct.pack("<Q", max(0, value)), 0)
+
+    def _reserve(self, size: int, pending: bool = False) -> bool:
+        """Count `size` more bytes if they fit (evicting to make room). `pending`: the caller
+        already holds a RESERVED_PREFIX temporary file, which a scan counts as a block."""
+        with self._locked():
+            used = self._read_usage()
+            if not self._fits(used + size):
+                used = self._evict(size)
+                if pending:
+                    used -= HEADER_SIZE + self.block_size
+                if not self._fits(used + size):
+                    return False
+            self._write_usage(used + size)
+            return True
+
+    def _release(self, size: int) -> None:
+        with contextlib.suppress(OSError), self._locked():
+            self._write_usage(self._read_usage() - size)
+
+    def _fits(self, total: int) -> bool:
+        if self.max_size is not None:
+            return total <= self.max_size
+        disk = os.statvfs(self.root)
+        return disk.f_bavail * disk.f_frsize > disk.f_blocks * disk.f_frsize * MIN_FREE_FRACTION
+
+    def _slack(self, size: int) -> int:
+        """How much to free beyond `size`, so eviction does not rescan on every write."""
+        if self.max_size is not None:
+            return size + self.max_size // 10
+        disk = os.statvfs(self.root)
+        return size + int(disk.f_blocks * disk.f_frsize * MIN_FREE_FRACTION)
+
+    def _scan(self) -> tuple[int, list[tuple[float, int, str]]]:
+        """(total bytes, [(mtime, size, path)]) of every block file; vanishing files skipped.
+
+        The total includes blocks being written (a full block for each reserved temporary
+        file, which may be in any process). Temporary files are listed before blocks: one
+        renamed in between is counted twice, never missed."""
+        total, files = 0, []
+        with contextlib.suppress(OSError), os.scandir(self.tmp_dir) as pending:
+            total += sum(HEADER_SIZE + self.block_size for entry in pending
+                         if entry.name.startswith(RESERVED_PREFIX))
+        with os.scandir(self.blocks_dir) as fans:
+            for fan in fans:
+                try:
+                    entries = list(os.scandir(fan.path))
+                except OSError:
+                    continue
+                for entry in entries:
+                    try:
+                        info = entry.stat()
+                    except OSError:
+                        continue
+                    total += info.st_size
+                    files.append((info.st_mtime, info.st_size, entry.path))
+        return total, files
+
+    def _evict(self, size: int) -> int:
+        """Delete least recently used blocks to make room; returns the bytes still used.
+        Called with the lock held."""
+        total, files = self._scan()
+        files.sort()
+        if self.max_size is not None:
+            goal = max(0, self.max_size - self._slack(size) + size)
+            while files and total > goal:
+                total = self._unlink(files.pop(0), total)
+        else:
+            freed, need = 0, self._slack(size)
+            while files and not self._fits(total) and freed < need:
+                before = total
+                total = self._unlink(files.pop(0), total)
+                freed += before - total
+        return total
+
+    def _unlink(self, item: tuple[float, int, str], total: int) -> int:
+        _, size, path = item
+        with contextlib.suppress(FileNotFoundError):  # another mount evicted it first
+            os.unlink(path)
+        self.stats.evicted += 1
+        return total - size
+
+
+def claim_cache_dir(path: str, uid: int, gid: int) -> None:
+    """Hand a cache directory (created 0700 if absent) and everything in it to `uid:gid`.
+
+    The supervisor (root) calls this before it starts a FUSE server that runs as its own
+    UID; servers of one cache directory share one UID (they share one volume and one
+    credentials identity, so nothing is lost). The tree is walked only when its top is not
+    yet owned by `uid`, and the top is changed last, so an interrupted claim is redone.
+    Symlinks are never followed."""
+    with contextlib.suppress(FileExistsError):  # a file there is refused just below
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    top = os.lstat(path)
+    if not stat.S_ISDIR(top.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "cache directory is not a directory", path)
+    if top.st_uid == uid and top.st_gid == gid and stat.S_IMODE(top.st_mode) == 0o700:
+        return
+    for directory, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(os.path.join(directory, name), uid, gid)
+    os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, 0o700, follow_symlinks=False)
+
+
+def release_cache_dir(path: str) -> None:
+    """Lock a cache directory no server uses any more: owned by root, 0700, so whoever is
+    given its last server's UID next cannot read it. `claim_cache_dir` opens it again."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, 0o700, follow_symlinks=False)
+
+
+class CachedFetch:
+    """A `Prefetcher` fetch function that serves cached blocks and GETs only the gaps.
+
+    A request [start, end) is widened to whole blocks; cached blocks are read on a worker
+    thread, each run of missing blocks is one ranged GET through `fetch`, and the new
+    blocks are written to the cache in the background. Pending writes are bounded
+    (`WriteBudget`): when the disk falls behind, fetches wait for it rather than skip
+    blocks or pile up memory.
+    """
+
+    def __init__(self, cache: BlockCache, version: ObjectVersion,
+                 fetch: Callable[[int, int], Awaitable[bytes | bytearray]],
+                 spawn: Callable[..., None],
+                 io_limiter: trio.CapacityLimiter, writes: WriteBudget) -> None:
+        self.cache = cache
+        self.version = version
+        self._fetch = fetch
+        self._spawn = spawn
+        self._limiter = io_limiter
+        self._writes = writes
+
+    async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview:
+        bs = self.cache.block_size
+        first, last = start // bs, (end - 1) // bs
+        blocks: dict[int, bytes | memoryview] = await trio.to_thread.run_sync(
+            self._read_blocks, range(first, last + 1), limiter=self._limiter)
+        index = first
+        while index <= last:
+            if index in blocks:
+                index += 1
+                continue
+            run_end = index
+            while run_end + 1 <= last and run_end + 1 not in blocks:
+                run_end += 1
+            lo, hi = index * bs, min((run_end + 1) * bs, self.version.size)
+            raw = await self._fetch(lo, hi)
+            data = memoryview(raw)
+            if len(data) != hi - lo:
+                raise OSError(errno.EIO, f"store returned {len(data)} of {hi - lo} bytes")
+            fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
+                     for i in range(index, run_end + 1)}
+            blocks.update(fresh)
+            await self._store_later(fresh, hi - lo)
+            if lo == start and hi == end and len(fresh) == last - first + 1:
+                return raw  # the whole request was one GET: no copy (a pooled buffer stays one)
+            index = run_end + 1
+        joined = b"".join(blocks[i] for i in range(first, last + 1))
+        offset = start - first * bs
+        return memoryview(joined)[offset:offset + end - start]
+
+    def _read_blocks(self, indexes: Iterable[int]) -> dict[int, bytes | memoryview]:
+        found: dict[int, bytes | memoryview] = {}
+        for index in indexes:
+            data = self.cache.get(self.version, index)
+            if data is not None:
+                found[index] = data
+        return found
+
+    async def _store_later(self, blocks: dict[int, memoryview], size: int) -> None:
+        if not self.cache.writable:
+            return
+        await self._writes.take(size)  # back-pressure: a slow disk slows the cold read
+        self._spawn(self._store, blocks, size)
+
+    async def _store(self, blocks: dict[int, memoryview], size: int) -> None:
+        try:
+            await trio.to_thread.run_sync(self._put_blocks, blocks, limiter=self._limiter)
+        finally:
+            self._writes.give_back(size)
+
+    def _put_blocks(self, blocks: dict[int, memoryview]) -> None:
+        for index, data in blocks.items():
+            self.cache.put(self.version, index, data)
+
+
+class BlockWriter:
+    """Caches an object as it is written through the mount (sequential writes only).
+
+    Each full block is staged on a worker thread in a temporary file: header space, then
+    the data, whose CRC32C is taken at once. The object's ETag is only known once its
+    upload is committed, so `finish()` (at release, after the last commit) writes the
+    headers and renames the blocks into place; `discard()` removes them. A write that is
+    not where the last one ended, or any disk error, turns this writer off (no block of a
+    wrong object is ever named).
+    """
+
+    def __init__(self, cache: BlockCache, bucket: str, key: str,
+                 io_limiter: trio.CapacityLimiter, writes: WriteBudget) -> None:
+        self.cache = cache
+        self.bucket = bucket
+        self.key = key
+        self._limiter = io_limiter
+        self._writes = writes
+        self._pending = bytearray()
+        self._size = 0  # bytes seen
+        self._staged: list[tuple[int, str, int, int]] = []  # (index, tmp path, length, crc)
+        self._next_index = 0
+        self.active = cache.writable
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        if not self.active:
+            return
+        if offset != self._size:
+            await self.discard()
+            return
+        self._size += len(data)
+        self._pending += data
+        bs = self.cache.block_size
+        while len(self._pending) >= bs:
+            block = bytes(self._pending[:bs])
+            del self._pending[:bs]
+            await self._stage(block)
+
+    async def _stage(self, block: bytes) -> None:
+        index = self._next_index  # blocks arrive in order
+        self._next_index += 1
+        await self._writes.take(len(block))
+        try:
+            staged = await trio.to_thread.run_sync(self._stage_sync, index, block,
+                                                   limiter=self._limiter)
+        finally:
+            self._writes.give_back(len(block))
+        if staged is None:
+            await self.discard()
+        else:
+            self._staged.append(staged)
+
+    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, int] | None:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir, prefix="stage-")  # 0600
+            with open(fd, "wb") as out:
+                out.seek(HEADER_SIZE)
+                out.write(block)
+        except OSError as exc:
+            self.cache._degrade("cannot write to the cache directory", exc)
+            return None
+        return index, tmp, len(block), google_crc32c.value(block)
+
+    async def finish(self, etag: str, size: int) -> None:
+        """The upload committed `size` bytes as `etag`: name the staged blocks after it."""
+        if not self.active or size != self._size:
+            await self.discard()
+            return
+        if self._pending:
+            await self._stage(bytes(self._pending))
+            self._pending.clear()
+        if not self.active:
+            return
+        version = ObjectVersion(self.bucket, self.key, etag, size)
+        staged, self._staged = self._staged, []
+        self.active = False
+        await trio.to_thread.run_sync(self._name_blocks, version, staged,
+                                      limiter=self._limiter)
+
+    def _name_blocks(self, version: ObjectVersion,
+                     staged: list[tuple[int, str, int, int]]) -> None:
+        for position, (index, tmp, length, crc) in enumerate(staged):
+            try:
+                if not self.cache.writable or not self.cache._reserve(HEADER_SIZE + length):
+                    raise OSError(errno.ENOSPC, "cache full")
+                header = _HEADER.pack(_MAGIC, length, crc, index, version.digest)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.pwrite(fd, header, 0)
+                finally:
+                    os.close(fd)
+                path = self.cache.path(version, index)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.replace(tmp, path)
+                self.cache.stats.written += 1
+            except OSError:
+                for _, leftover, _, _ in staged[position:]:
+                    with contextlib.suppress(OSError):
+                        os.unlink(leftover)
+                return
+
+    async def discard(self) -> None:
+        self.active = False
+        staged, self._staged = self._staged, []
+        self._pending.clear()
+        if staged:
+            await trio.to_thread.run_sync(self._unlink_all, staged, limiter=self._limiter)
+
+    @staticmethod
+    def _unlink_all(staged: list[tuple[int, str, int, int]]) -> None:
+        for _, tmp, _, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+class WriteBudget:
+    """Bytes of fetched data waiting to be written to the cache, for the whole mount."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._room = trio.Event()  # set (and replaced) whenever bytes are given back
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def take(self, size: int) -> None:
+        """Wait until `size` more bytes may be pending (one request always may)."""
+        while self.pending and self.pending + size > self.limit:
+            await self._room.wait()
+        if not self.pending:
+            self._idle = trio.Event()
+        self.pending += size
+
+    def give_back(self, size: int) -> None:
+        self.pending -= size
+        self._room.set()
+        self._room = trio.Event()
+        if not self.pending:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every block handed over has been written (at unmount)."""
+        await self._idle.wait()

@@ -1,0 +1,77 @@
+"""Requests per file operation, counted inside a real FUSE server (tests.perf.instrumented).
+
+After `ls`, reading a small file must cost exactly one request, its GET: the lookup and the
+open's validation come from the listing, and the object is fetched whole by its first GET.
+Counting does not depend on load; the metadata TTL is long so that a slow machine cannot
+turn the listing stale halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from driver.devservers import wait_until
+from tests.perf.clients import Cloudbucket, unmount
+from tests.perf.instrumented import COUNTED
+
+pytestmark = pytest.mark.fuse
+
+FILES = 100
+SIZE = 4096
+
+
+def _body(index: int) -> bytes:
+    return bytes([index % 251]) * (SIZE - index)  # every file a different size and content
+
+
+def _snapshot(pid: int, counts: Path) -> dict[str, int]:
+    """Ask the server to write its counts now; {operation: calls}."""
+    before = counts.stat().st_mtime_ns if counts.exists() else None
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(lambda: counts.exists() and counts.stat().st_mtime_ns != before, 10,
+               "request counts written")
+    return {name: entry["calls"] for name, entry in json.loads(counts.read_text()).items()
+            if name in COUNTED or name == "fuse_read"}  # store calls, and kernel reads
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    changed = {name: after[name] - before.get(name, 0) for name in after}
+    return {name: count for name, count in changed.items() if count}
+
+
+def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp_path):
+    for index in range(FILES):
+        s3.put_object(Bucket=bucket, Key=f"dir/f-{index:03d}", Body=_body(index))
+    client = Cloudbucket(seaweed, bucket, tmp_path, ("--metadata-ttl=300",),
+                         count_requests=True)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    mounted = client.mount(target)
+    counts = client.counts_file(mounted)
+    try:
+        start = _snapshot(mounted.pid, counts)
+        listed = subprocess.run(["ls", "dir"], cwd=target, capture_output=True, text=True,
+                                check=True, timeout=60)
+        assert listed.stdout.split() == [f"f-{i:03d}" for i in range(FILES)]
+        after_ls = _snapshot(mounted.pid, counts)
+        # One LIST of the root answers the lookup of "dir", one lists "dir" itself.
+        assert _delta(after_ls, start) == {"list_page": 2}
+
+        cat = subprocess.run(["sh", "-c", "cat dir/*"], cwd=target, capture_output=True,
+                             check=True, timeout=120)
+        assert cat.stdout == b"".join(_body(i) for i in range(FILES))
+        after_cat = _snapshot(mounted.pid, counts)
+    finally:
+        unmount(mounted)
+    spent = _delta(after_cat, after_ls)
+    # The glob reads the directory once more (one LIST); every file is one GET and nothing
+    # else: no HEAD, no second ranged GET.
+    assert spent.pop("get_range_into") == FILES
+    assert spent.pop("fuse_read") >= FILES
+    assert spent == {"list_page": 1}

@@ -1,0 +1,413 @@
+"""The block cache (driver/fs/cache.py) on a real directory, and its prefetcher hook against
+an in-memory store. The integration tests prove the same through a real mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+from driver.fs import cache as cache_module
+from driver.fs.cache import HEADER_SIZE, BlockCache, CachedFetch, ObjectVersion, WriteBudget
+from driver.fs.filesystem import Filesystem
+from driver.fs.prefetch import MemoryBudget, Prefetcher
+from driver.options import MountOptions
+from tests.memstore import MemoryStore
+
+KiB = 1024
+BS = 64 * KiB  # small blocks keep the tests fast
+
+
+def _version(size: int, etag: str = '"e1"', key: str = "k") -> ObjectVersion:
+    return ObjectVersion("b", key, etag, size)
+
+
+def _cache(path: Path, max_size: int | None = None) -> BlockCache:
+    return BlockCache(path, max_size, block_size=BS).open()
+
+
+def _block_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "v1" / "blocks").rglob("*") if p.is_file())
+
+
+def _dir_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in _block_files(root))
+
+
+def test_put_get_round_trip_with_private_modes(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    cache = _cache(root)
+    version = _version(BS + 10)
+    tail = os.urandom(10)
+    assert cache.put(version, 1, tail)
+    assert bytes(cache.get(version, 1) or b"") == tail
+    assert cache.get(version, 0) is None  # never written
+    assert cache.get(_version(BS + 10, etag='"e2"'), 1) is None  # another version
+    assert not cache.put(version, 0, b"short")  # a block of the wrong length is refused
+    for directory in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) >= 4  # the block, lock, usage, .last-used
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_existing_loose_directory_is_made_private(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    _cache(root)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("where", ["data", "crc", "index", "truncated"])
+def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str) -> None:
+    cache = _cache(tmp_path)
+    version = _version(BS)
+    data = os.urandom(BS)
+    assert cache.put(version, 0, data)
+    (block,) = _block_files(tmp_path)
+    raw = bytearray(block.read_bytes())
+    if where == "data":
+        raw[HEADER_SIZE + 1234] ^= 0x01
+    elif where == "crc":
+        raw[9] ^= 0x80
+    elif where == "index":
+        raw[12] = 7
+    else:
+        raw = raw[:-1]
+    block.write_bytes(bytes(raw))
+    with capture_logs() as logs:
+        assert cache.get(version, 0) is None
+    assert not block.exists()
+    assert cache.stats.corrupt == 1
+    assert any("damaged" in entry["event"] for entry in logs)
+    assert cache.put(version, 0, data)  # refetched data can be cached again
+    assert bytes(cache.get(version, 0) or b"") == data
+
+
+def test_block_renamed_to_another_name_is_not_served(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    one, two = _version(BS, key="one"), _version(BS, key="two")
+    assert cache.put(one, 0, os.urandom(BS))
+    target = Path(cache.path(two, 0))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.link(cache.path(one, 0), target)
+    assert cache.get(two, 0) is None  # its header names another object version
+
+
+def test_lru_eviction_keeps_the_directory_under_the_limit(tmp_path: Path) -> None:
+    limit = 8 * (BS + HEADER_SIZE)
+    cache = _cache(tmp_path, limit)
+    version = _version(40 * BS)
+    blocks = {i: os.urandom(BS) for i in range(40)}
+    assert cache.put(version, 0, blocks[0])
+    for i in range(1, 40):
+        cache.get(version, 0)  # keep block 0 young
+        # mtime resolution: make each new block strictly younger than the one before
+        os.utime(cache.path(version, 0), (time.time() + i, time.time() + i))
+        assert cache.put(version, i, blocks[i])
+        assert _dir_bytes(tmp_path) <= limit
+    assert bytes(cache.get(version, 0) or b"") == blocks[0]
+    assert cache.get(version, 1) is None  # the oldest unused went first
+    assert cache.stats.evicted >= 30
+
+
+def test_two_caches_on_one_directory_share_the_limit(tmp_path: Path) -> None:
+    limit = 6 * (BS + HEADER_SIZE)
+    first, second = _cache(tmp_path, limit), _cache(tmp_path, limit)
+    version = _version(30 * BS)
+    for i in range(30):
+        (first if i % 2 else second).put(version, i, os.urandom(BS))
+        assert _dir_bytes(tmp_path) <= limit
+    shared = _version(BS, key="shared")
+    data = os.urandom(BS)
+    assert first.put(shared, 0, data)
+    assert bytes(second.get(shared, 0) or b"") == data  # one mount's block serves the other
+
+
+def test_eviction_tolerates_files_vanishing(tmp_path: Path, monkeypatch) -> None:
+    limit = 4 * (BS + HEADER_SIZE)
+    cache, other = _cache(tmp_path, limit), _cache(tmp_path, limit)
+    version = _version(20 * BS)
+    for i in range(4):
+        assert cache.put(version, i, os.urandom(BS))
+    real_scan = cache._scan
+
+    def scan_then_race():  # another mount evicts everything right after our scan
+        result = real_scan()
+        for block in _block_files(tmp_path):
+            block.unlink()
+        return result
+
+    monkeypatch.setattr(cache, "_scan", scan_then_race)
+    assert cache.put(version, 10, os.urandom(BS))
+    assert other.get(version, 0) is None  # vanished: a miss, not an error
+    assert other.put(version, 11, os.urandom(BS))
+
+
+def test_unwritable_directory_degrades_with_one_warning(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with capture_logs() as logs:
+        cache = _cache(blocker / "cache")
+        version = _version(BS)
+        for _ in range(3):
+            assert not cache.put(version, 0, os.urandom(BS))
+            assert cache.get(version, 0) is None
+    assert not cache.writable
+    assert [entry["log_level"] for entry in logs] == ["warning"]
+
+
+def test_enospc_degrades_with_one_warning_and_releases_the_reservation(
+        tmp_path: Path, monkeypatch) -> None:
+    cache = _cache(tmp_path, 100 * BS)
+    version = _version(4 * BS)
+    kept = os.urandom(BS)
+    assert cache.put(version, 0, kept)
+    used = cache._read_usage()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with capture_logs() as logs:
+        for i in range(1, 4):
+            assert not cache.put(version, i, os.urandom(BS))
+    assert len([e for e in logs if e["log_level"] == "warning"]) == 1
+    assert logs[0]["errno"] == "ENOSPC"
+    assert cache._read_usage() == used
+    assert bytes(cache.get(version, 0) or b"") == kept  # what is cached is still served
+
+
+def test_open_removes_stale_temporary_files_and_recounts(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    version = _version(BS)
+    assert cache.put(version, 0, os.urandom(BS))
+    stale = tmp_path / "v1" / "tmp" / "tmpstale"
+    stale.write_bytes(b"torn")
+    old = time.time() - 2 * cache_module.STALE_TMP_SECONDS
+    os.utime(stale, (old, old))
+    os.pwrite(cache._usage_fd, (10**9).to_bytes(8, "little"), 0)  # a counter gone wrong
+    reopened = _cache(tmp_path)
+    assert not stale.exists()
+    assert reopened._read_usage() == BS + HEADER_SIZE
+
+
+# --------------------------------------------------------------------- CachedFetch
+
+
+def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str) -> Prefetcher:
+    data = store.objects[key]
+    etag = store.head(key).etag
+    version = ObjectVersion(store.bucket, key, etag, len(data))
+
+    async def fetch(start: int, end: int) -> bytes:
+        store.calls.append(f"range {start} {end}")
+        return await trio.to_thread.run_sync(partial(store.get_range, key, start, end, etag))
+
+    source = CachedFetch(cache, version, fetch, nursery.start_soon, trio.CapacityLimiter(2),
+                         WriteBudget(64 * BS))
+    return Prefetcher(source, len(data), nursery.start_soon, MemoryBudget(64 * BS),
+                      part_size=4 * BS, max_parallel=2, align=BS)
+
+
+async def _read_all(reader: Prefetcher, size: int, step: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        out += await reader.read(len(out), step)
+    return bytes(out)
+
+
+def _ranges(store: MemoryStore) -> list[tuple[int, int]]:
+    return [tuple(map(int, c.split()[1:])) for c in store.calls if c.startswith("range")]
+
+
+def test_second_sequential_pass_makes_no_get(tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 37 * BS + 123
+    store.objects["k"] = random.Random(1).randbytes(size)
+    cache = _cache(tmp_path)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            first = _reader(nursery, store, cache, "k")
+            assert await _read_all(first, size, 3 * BS + 5) == store.objects["k"]
+            first.close()
+        got = _ranges(store)
+        # Parts end on block boundaries, so no byte was fetched twice.
+        assert sum(end - start for start, end in got) == size
+        store.calls.clear()
+        async with trio.open_nursery() as nursery:
+            second = _reader(nursery, store, cache, "k")
+            assert await _read_all(second, size, 3 * BS + 5) == store.objects["k"]
+            second.close()
+        assert _ranges(store) == []
+        assert store.calls.count("get") == 0
+
+    trio.run(main)
+
+
+def test_only_missing_blocks_are_fetched(tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 10 * BS
+    store.objects["k"] = data = random.Random(2).randbytes(size)
+    cache = _cache(tmp_path)
+    version = ObjectVersion(store.bucket, "k", store.head("k").etag, size)
+    for index in (0, 1, 4, 5, 6, 9):
+        cache.put(version, index, data[index * BS:(index + 1) * BS])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            reader = _reader(nursery, store, cache, "k")
+            assert await _read_all(reader, size, size) == data
+            reader.close()
+
+    trio.run(main)
+    # Parts are 4 blocks: [0, 4) misses 2-3, [4, 8) misses 7, [8, 10) misses 8.
+    assert sorted(_ranges(store)) == [(2 * BS, 4 * BS), (7 * BS, 8 * BS), (8 * BS, 9 * BS)]
+
+
+def test_random_reads_fill_and_use_whole_blocks(tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 64 * BS
+    store.objects["k"] = data = random.Random(3).randbytes(size)
+    cache = _cache(tmp_path)
+    offsets = random.Random(4).sample(range(0, size - 20 * KiB), 40)
+
+    async def main() -> None:
+        for _ in range(2):
+            async with trio.open_nursery() as nursery:
+                reader = _reader(nursery, store, cache, "k")
+                for offset in offsets:
+                    assert bytes(await reader.read(offset, 20 * KiB)) == \
+                        data[offset:offset + 20 * KiB]
+                reader.close()
+
+    store.calls.clear()
+    trio.run(main)
+    fetched = _ranges(store)
+    assert all(start % BS == 0 for start, _ in fetched)
+    blocks_touched = {o // BS for o in offsets} | {(o + 20 * KiB - 1) // BS for o in offsets}
+    # The second pass came from disk: no more bytes than the blocks the first pass touched.
+    assert sum(end - start for start, end in fetched) <= len(blocks_touched) * BS
+
+
+# --------------------------------------------------------------------- Filesystem
+
+
+def test_new_filesystem_on_the_same_dir_reads_from_cache_and_sees_changes(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 3 * 1024 * KiB + 7
+    store.objects["dir/obj"] = old = random.Random(5).randbytes(size)
+    options = MountOptions(cache=str(tmp_path / "cache"), metadata_ttl=0.0)
+
+    async def read_once() -> bytes:
+        fs = Filesystem(store, options)
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            directory = await fs.lookup(1, "dir")
+            attrs = await fs.lookup(directory.ino, "obj")
+            fh = await fs.open(attrs.ino, os.O_RDONLY)
+            out = bytearray()
+            while chunk := await fs.read(fh, len(out), 1024 * KiB):
+                out += chunk
+            await fs.release(fh)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+        return bytes(out)
+
+    assert trio.run(read_once) == old
+    store.calls.clear()
+    assert trio.run(read_once) == old  # a "remount": blocks found, ETag confirmed by HEAD
+    assert "get" not in store.calls and "head" in store.calls
+    new = bytes(b ^ 0xFF for b in old[:100]) + old[100:]  # same size, new ETag
+    store.objects["dir/obj"] = new
+    store.calls.clear()
+    assert trio.run(read_once) == new
+    assert "get" in store.calls
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_claim_hands_the_tree_over_and_release_locks_it(tmp_path: Path) -> None:
+    from driver.fs.cache import claim_cache_dir, release_cache_dir
+
+    root = tmp_path / "c"
+    cache = _cache(root)
+    assert cache.put(_version(BS), 0, os.urandom(BS))
+    outside = tmp_path / "outside"
+    outside.write_text("not ours")
+    os.symlink(outside, root / "v1" / "link")
+    claim_cache_dir(str(root), 70000, 70000)
+    for path in [root, *root.rglob("*")]:
+        assert path.lstat().st_uid == 70000 and path.lstat().st_gid == 70000, path
+    assert outside.stat().st_uid == 0  # a symlink is never followed
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    release_cache_dir(str(root))
+    assert root.stat().st_uid == 0 and stat.S_IMODE(root.stat().st_mode) == 0o700
+    claim_cache_dir(str(root), 70001, 70001)  # a new server UID gets it all back
+    assert all(p.lstat().st_uid == 70001 for p in [root, *root.rglob("*")])
+    release_cache_dir(str(tmp_path / "absent"))  # nothing there: fine
+    with pytest.raises(NotADirectoryError):
+        claim_cache_dir(str(outside), 70000, 70000)
+
+
+@pytest.mark.parametrize("size", [3 * 1024 * KiB + 5, 20 * 1024 * KiB])  # one PUT; multipart
+def test_written_files_populate_the_cache(tmp_path: Path, size: int) -> None:
+    store = MemoryStore()
+    data = random.Random(size).randbytes(size)
+    options = MountOptions(cache=str(tmp_path / "cache"), write_part_size=8 * 1024 * KiB)
+
+    async def write_then_read() -> bytes:
+        fs = Filesystem(store, options)
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            fh, attrs = await fs.create(1, "new.bin", os.O_WRONLY | os.O_CREAT)
+            for start in range(0, size, 700 * KiB):  # writes that do not align with blocks
+                await fs.write(fh, start, data[start:start + 700 * KiB])
+            await fs.flush(fh)
+            await fs.release(fh)
+            store.calls.clear()
+            fh = await fs.open(attrs.ino, os.O_RDONLY)
+            out = bytearray()
+            while chunk := await fs.read(fh, len(out), 1024 * KiB):
+                out += chunk
+            await fs.release(fh)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+        return bytes(out)
+
+    assert trio.run(write_then_read) == data
+    assert "get" not in store.calls
+
+
+def test_an_aborted_write_names_no_block(tmp_path: Path) -> None:
+    store = MemoryStore()
+    options = MountOptions(cache=str(tmp_path / "cache"))
+    store.fail = lambda op: op == "put"
+
+    async def main() -> None:
+        fs = Filesystem(store, options)
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            fh, _ = await fs.create(1, "bad.bin", os.O_WRONLY | os.O_CREAT)
+            await fs.write(fh, 0, os.urandom(2 * 1024 * KiB + 1))
+            with pytest.raises(Exception):  # noqa: B017 - the upload's own error
+                await fs.flush(fh)
+            await fs.release(fh)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert _block_files(tmp_path / "cache") == []
+    assert list((tmp_path / "cache" / "v1" / "tmp").iterdir()) == []

@@ -1,0 +1,87 @@
+"""Pooled part buffers: reused only when nothing refers to them, bytes exact under reuse."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import trio
+
+from driver.fs.buffers import BufferPool
+from driver.fs.filesystem import Filesystem
+from driver.fs.inodes import ROOT_INODE
+from driver.options import MountOptions
+from tests.memstore import MemoryStore
+
+MiB = 1024 * 1024
+
+
+def test_a_free_buffer_is_reused_and_a_viewed_one_is_not() -> None:
+    pool = BufferPool(10 * MiB)
+    first = pool.take(MiB)
+    view = memoryview(first)[10:20]  # e.g. a slice pyfuse3 has not replied with yet
+    pool.give(first)
+    del first
+    second = pool.take(MiB)
+    assert second is not view.obj and pool.reused == 0  # still viewed: a new buffer
+    view.release()
+    third = pool.take(MiB)
+    assert pool.reused == 1 and pool.held == 0
+    assert len(third) == MiB and len(second) == MiB
+
+
+def test_limit_sizes_and_clear() -> None:
+    pool = BufferPool(3 * MiB)
+    for _ in range(5):
+        pool.give(bytearray(MiB))
+    assert pool.held == 3 * MiB  # the rest went back to the OS
+    pool.give(b"immutable")  # not from take: ignored
+    assert len(pool.take(2 * MiB)) == 2 * MiB and pool.reused == 0  # no buffer that size
+    pool.clear()
+    assert pool.held == 0 and pool.take(MiB) is not None and pool.reused == 0
+
+
+def _read_all(store: MemoryStore, readers: int, part: int) -> tuple[list[bytes], int]:
+    options = MountOptions(read_part_size=part)
+    results: list[bytes] = [b""] * readers
+    reused = 0
+
+    async def main() -> None:
+        nonlocal reused
+        async with trio.open_nursery() as nursery:
+            fs = Filesystem(store, options)
+            fs.attach(nursery)
+
+            async def read(index: int) -> None:
+                attrs = await fs.lookup(ROOT_INODE, f"obj-{index % 2}")
+                fh = await fs.open(attrs.ino, os.O_RDONLY)
+                rng = random.Random(index)
+                chunks, offset = [], 0
+                while offset < attrs.size:
+                    size = rng.choice([4096, 128 * 1024, MiB, 3 * MiB + 1])
+                    data = await fs.read(fh, offset, size)
+                    chunks.append(bytes(data))
+                    offset += len(data)
+                    await trio.sleep(0)  # let the other readers in between
+                await fs.release(fh)
+                results[index] = b"".join(chunks)
+
+            async with trio.open_nursery() as readers_nursery:
+                for index in range(readers):
+                    readers_nursery.start_soon(read, index)
+            reused = fs.buffers.reused
+            assert fs.buffers.held == 0  # emptied once no file is open
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return results, reused
+
+
+def test_reads_through_reused_buffers_are_exact() -> None:
+    store = MemoryStore()
+    store.objects["obj-0"] = random.Random(1).randbytes(40 * MiB + 5)
+    store.objects["obj-1"] = random.Random(2).randbytes(25 * MiB + 7)
+    results, reused = _read_all(store, readers=4, part=5 * MiB)
+    for index, data in enumerate(results):
+        assert data == store.objects[f"obj-{index % 2}"], index
+    assert reused > 0  # the point of the pool: parts did reuse buffers
