@@ -2,8 +2,9 @@
 
 Every store call runs through `Retrier.call`: each attempt has connect and read timeouts
 (so a stalled request is abandoned), failed attempts that the store calls retryable are
-repeated with full-jitter exponential backoff, and a new attempt starts only while it can
-still time out before the operation's deadline (`total` seconds from its start). So one
+repeated with full-jitter exponential backoff, at most `max_attempts` in all, and a new
+attempt starts only while it can still time out before the operation's deadline (`total`
+seconds from its start). So one
 operation takes at most about `total` seconds, whatever the store does.
 
 The stores' clients do no retrying of their own (botocore `total_max_attempts=1`,
@@ -28,6 +29,7 @@ class Timeouts:
     """What one store operation may take: `total` for all attempts together."""
 
     total: float = 60.0
+    max_attempts: int = 5  # the first and four retries, as botocore's standard mode
     base_delay: float = 0.05
     max_delay: float = 4.0
 
@@ -73,6 +75,7 @@ class Retrier:
                     raise
                 delay = random.uniform(0, min(limits.max_delay,  # noqa: S311 - jitter
                                               limits.base_delay * 2 ** attempts.count))
-                if self._clock() + delay + one_attempt > deadline:
+                if attempts.count >= limits.max_attempts or \
+                        self._clock() + delay + one_attempt > deadline:
                     raise
                 self._sleep(delay)

@@ -207,12 +207,21 @@ def test_retrier_gives_up_within_the_deadline():
         now[0] += Timeouts(total=60).read  # each attempt times out after `read`
         raise TimeoutError("stalled")
 
-    retrier = Retrier(Timeouts(total=60), lambda exc: True, sleep=sleep, clock=lambda: now[0])
+    retrier = Retrier(Timeouts(total=60, max_attempts=100), lambda exc: True, sleep=sleep,
+                      clock=lambda: now[0])
     attempts = Attempts()
     with pytest.raises(TimeoutError):
         retrier.call(stalled, attempts)
     assert attempts.count >= 2
     assert now[0] <= 60
+
+
+def test_retrier_stops_after_its_attempts():
+    retrier = Retrier(Timeouts(total=60, base_delay=0), lambda exc: True, sleep=lambda s: None)
+    attempts = Attempts()
+    with pytest.raises(ConnectionError):
+        retrier.call(lambda: (_ for _ in ()).throw(ConnectionError("down")), attempts)
+    assert attempts.count == 5
 
 
 def test_not_retryable_errors_are_not_retried():
