@@ -45,7 +45,7 @@ class MemoryBudget:
         self.used = 0
         self.peak = 0
         self.waits = 0  # how many needed reservations had to wait (for tests and logs)
-        self._waiters: deque[tuple[int, trio.Event]] = deque()
+        self._waiters: deque[tuple[int, trio.Event, bool]] = deque()
         self._holders: weakref.WeakSet[Sheddable] = weakref.WeakSet()
         metrics.MEMORY_TARGET_BYTES.set(limit)
 
@@ -55,28 +55,29 @@ class MemoryBudget:
     def _fits(self, size: int) -> bool:
         return self.used + size <= self.limit or self.used == 0
 
-    def _take(self, size: int) -> None:
+    def _take(self, size: int, prefetch: bool) -> None:
         self.used += size
         self.peak = max(self.peak, self.used)
-        metrics.MEMORY_PREFETCH.inc(size)
+        if prefetch:  # uploads count their own bytes (MEMORY_UPLOAD)
+            metrics.MEMORY_PREFETCH.inc(size)
 
-    def try_reserve(self, size: int, force: bool = False) -> bool:
+    def try_reserve(self, size: int, force: bool = False, prefetch: bool = True) -> bool:
         """Speculative: take `size` now if it fits and nobody waits (`force`: always)."""
         if not force and (self._waiters or not self._fits(size)):
             metrics.MEMORY_TARGET_REACHED.inc()
             return False
-        self._take(size)
+        self._take(size, prefetch)
         return True
 
     async def reserve(self, size: int, timeout: float = math.inf,
-                      asker: Sheddable | None = None) -> None:
+                      asker: Sheddable | None = None, prefetch: bool = True) -> None:
         """Needed: take `size`, waiting for room (FIFO) up to `timeout` seconds; the other
         holders than `asker` are asked to shed meanwhile."""
         if not self._waiters and self._fits(size):
-            self._take(size)
+            self._take(size, prefetch)
             return
         self.waits += 1
-        entry = (size, trio.Event())
+        entry = (size, trio.Event(), prefetch)
         self._waiters.append(entry)
         self._shed(asker)
         self._wake()
@@ -95,9 +96,9 @@ class MemoryBudget:
         """Someone waits for room that is not there."""
         return bool(self._waiters) and not self._fits(self._waiters[0][0])
 
-    def _withdraw(self, entry: tuple[int, trio.Event]) -> None:
+    def _withdraw(self, entry: tuple[int, trio.Event, bool]) -> None:
         if entry[1].is_set():
-            self.release(entry[0])  # granted just as we gave up: give it back
+            self.release(entry[0], entry[2])  # granted just as we gave up: give it back
         else:
             self._waiters.remove(entry)
             self._wake()
@@ -111,12 +112,13 @@ class MemoryBudget:
 
     def _wake(self) -> None:
         while self._waiters and self._fits(self._waiters[0][0]):
-            size, event = self._waiters.popleft()
-            self._take(size)
+            size, event, prefetch = self._waiters.popleft()
+            self._take(size, prefetch)
             event.set()
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, prefetch: bool = True) -> None:
         self.used -= size
-        metrics.MEMORY_PREFETCH.dec(size)
+        if prefetch:
+            metrics.MEMORY_PREFETCH.dec(size)
         assert self.used >= 0, "released more than was reserved"
         self._wake()

@@ -138,7 +138,7 @@ class Upload:
         else:
             step = self.part_size - self._charged
         try:
-            await self._budget.reserve(step, self._budget_timeout)
+            await self._budget.reserve(step, self._budget_timeout, prefetch=False)
         except BudgetTimeout as exc:
             raise FsError(errno.EIO, f"write to {self.key}: {exc}") from exc
         self._charged += step
@@ -148,7 +148,7 @@ class Upload:
         size = self._charged if size < 0 else min(size, self._charged)
         self._charged -= size
         if self._budget is not None:
-            self._budget.release(size)
+            self._budget.release(size, prefetch=False)
 
     def _take(self) -> bytes:
         """Everything buffered, as one bytes object (the one copy of a part)."""
@@ -209,7 +209,7 @@ class Upload:
         except BaseException:
             _HELD.dec(len(chunk))
             if self._budget is not None:
-                self._budget.release(charge)
+                self._budget.release(charge, prefetch=False)
             raise
         _PARTS.inc()
         self._inflight += 1
@@ -229,7 +229,7 @@ class Upload:
                 log.error("upload part failed", key=self.key, part=number, error=str(exc))
         finally:
             if self._budget is not None and charge:
-                self._budget.release(charge)
+                self._budget.release(charge, prefetch=False)
             _PARTS.dec()
             _HELD.dec(len(chunk))
             self._inflight -= 1
@@ -289,7 +289,7 @@ class Upload:
         if size < MIN_PART:
             if self._budget is not None:
                 try:
-                    await self._budget.reserve(size, self._budget_timeout)
+                    await self._budget.reserve(size, self._budget_timeout, prefetch=False)
                 except BudgetTimeout as exc:
                     raise FsError(errno.EIO, f"write to {self.key}: {exc}") from exc
             self._charged += size
