@@ -35,7 +35,8 @@ def test_make_test_unit_passes_on_a_fresh_clone(tmp_path: Path) -> None:
     assert not (clone / ".venv").exists() and not (clone / ".cache").exists()
     # A make running this test must not lend the inner make its jobserver or variables.
     env = {key: value for key, value in os.environ.items()
-           if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV", "PYTHONPATH")}
+           if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV", "PYTHONPATH",
+                          "PYTEST_ARGS", "SEED")}
     result = subprocess.run(["make", "test-unit"], cwd=clone, env=env, capture_output=True,
                             text=True, timeout=1400, check=False)
     output = result.stdout + result.stderr
