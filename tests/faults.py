@@ -41,6 +41,11 @@ _STATUS = {"503": (503, b"Service Unavailable", b"SlowDown"),
            "500": (500, b"Internal Server Error", b"InternalError")}
 
 
+def s3_error_body(fault: str = "500") -> bytes:
+    """The body the proxy answers an S3 request with for `fault` ("500" or "503")."""
+    return _S3_ERROR % _STATUS[fault][2]
+
+
 @dataclass
 class Injected:
     request_line: str
@@ -215,7 +220,7 @@ class FaultProxy:
         if self.flavor == "gcs":
             body, kind = _GCS_ERROR % status, b"application/json"
         else:
-            body, kind = _S3_ERROR % code, b"application/xml"
+            body, kind = s3_error_body(fault), b"application/xml"
         client.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s"
                        % (status, reason, kind, len(body),
                           b"Connection: close\r\n" if close else b"", body))

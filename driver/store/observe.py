@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from driver import metrics
+from driver.store.retry import current_attempt
 
 _local = threading.local()
 _requests = metrics.Bound(metrics.STORE_REQUESTS)
@@ -73,7 +74,8 @@ def _s3_response_received(event_name: str, response_dict: dict[str, Any] | None,
     if started is None:  # answered without being sent (a stub): nothing went to the store
         return
     op = event_name.rsplit(".", 1)[-1]
-    attempt = context.get("retries", {}).get("attempt", 1)
+    # Retries are ours (store/retry.py); botocore's own count stays 1.
+    attempt = max(context.get("retries", {}).get("attempt", 1), current_attempt())
     status = received = None
     if response_dict is not None:
         status = response_dict.get("status_code")

@@ -16,6 +16,7 @@ how. `Attempts.count` tells it whether a retry happened.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ class Attempts:
     count: int = 0
 
 
+_current = threading.local()
+
+
+def current_attempt() -> int:
+    """The attempt number of the store call running on this thread (1 = first): how the
+    metrics hooks (observe.py) tell a retry from a first request."""
+    return getattr(_current, "attempt", 1)
+
+
 class Retrier:
     def __init__(self, timeouts: Timeouts, retryable: Callable[[BaseException], bool],
                  *, sleep: Callable[[float], None] = time.sleep,
@@ -66,16 +76,21 @@ class Retrier:
         limits = self.timeouts
         deadline = self._clock() + limits.total
         one_attempt = limits.connect + limits.read
-        while True:
-            attempts.count += 1
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - classified below, else re-raised
-                if not self.retryable(exc):
-                    raise
-                delay = random.uniform(0, min(limits.max_delay,  # noqa: S311 - jitter
-                                              limits.base_delay * 2 ** attempts.count))
-                if attempts.count >= limits.max_attempts or \
-                        self._clock() + delay + one_attempt > deadline:
-                    raise
-                self._sleep(delay)
+        outer = current_attempt()  # a store call made inside another keeps its own count
+        try:
+            while True:
+                attempts.count += 1
+                _current.attempt = attempts.count
+                try:
+                    return fn()
+                except Exception as exc:  # noqa: BLE001 - classified below, else re-raised
+                    if not self.retryable(exc):
+                        raise
+                    delay = random.uniform(0, min(limits.max_delay,  # noqa: S311 - jitter
+                                                  limits.base_delay * 2 ** attempts.count))
+                    if attempts.count >= limits.max_attempts or \
+                            self._clock() + delay + one_attempt > deadline:
+                        raise
+                    self._sleep(delay)
+        finally:
+            _current.attempt = outer

@@ -24,7 +24,7 @@ from driver import metrics
 from driver.cli import exit_status
 from driver.devservers import LOOPBACK, free_port, wait_until
 from driver.failures import FailureKind
-from tests.faults import _ERROR_BODY, FaultProxy
+from tests.faults import FaultProxy, s3_error_body
 
 MiB = 1024 * 1024
 BIG = 64 * MiB
@@ -173,7 +173,7 @@ def test_metrics_equal_the_workload(seaweed, s3, bucket, mount, proxy: FaultProx
     assert non_2xx == {("GetObject", "5xx"): rejected, ("HeadObject", "4xx"): 2}
     assert value(page, "cloudbucket_store_sent_bytes_total", op="PutObject") == WRITTEN
     assert value(page, "cloudbucket_store_received_bytes_total", op="GetObject") == \
-        BIG + rejected * len(_ERROR_BODY)
+        BIG + rejected * len(s3_error_body())
     assert value(page, "cloudbucket_store_received_bytes_total", op="HeadObject") == 0
     assert by_label(page, "cloudbucket_store_request_seconds_count", "op") == counted
 
