@@ -30,4 +30,4 @@ def test_defaults_bound_every_operation_to_a_minute():
     timeouts = Timeouts(total=defaults.request_timeout)
     assert defaults.request_timeout <= 60
     assert timeouts.connect + timeouts.read < timeouts.total  # room for a retry
-    assert defaults.memory_target == 64
+    assert defaults.memory_target == 128
