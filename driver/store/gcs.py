@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -65,13 +64,12 @@ from driver.store.base import (
     UploadOptions,
 )
 from driver.store.observe import instrument_gcs
-from driver.store.retry import Attempts, Retrier, Timeouts
+from driver.store.retry import Attempts, Retrier, SuspectUploads, Timeouts
 
 log = structlog.get_logger()
 T = TypeVar("T")
 UPLOADS = "/.cloudbucket-uploads/"
 COMPOSE_LIMIT = 32  # sources per compose request
-CLOCK_SKEW = 30.0  # a marker's timeCreated is the store's clock; ours may differ
 
 
 def retryable(exc: BaseException) -> bool:
@@ -153,8 +151,7 @@ class GcsStore:
         self.timeouts = timeouts or Timeouts()
         self._timeout = (self.timeouts.connect, self.timeouts.read)
         self._retrier = Retrier(self.timeouts, retryable)
-        self._suspects: dict[str, float] = {}  # key -> when a create of it failed
-        self._lock = threading.Lock()
+        self._suspects = SuspectUploads()
         options = ClientOptions(api_endpoint=endpoint_url) if endpoint_url else None
         client_info = None
         if user_agent_prefix:
@@ -288,24 +285,13 @@ class GcsStore:
         try:  # a retry rewrites the same marker: nothing to reconcile on success
             self._upload(self._part_name(upload_id, "upload"), b"", None, metadata=meta)
         except StoreError:
-            with self._lock:  # a failed attempt may still have written the marker
-                self._suspects[key] = min(began, self._suspects.get(key, began))
+            self._suspects.mark(key, began)  # a failed attempt may have written the marker
             raise
         return upload_id
 
     def reconcile_uploads(self, key: str, since: float) -> int:
         """Abort `key`'s uploads created since `since` if a create of `key` failed."""
-        with self._lock:
-            suspect = self._suspects.pop(key, None)
-        if suspect is None:
-            return 0
-        floor = min(since, suspect) - CLOCK_SKEW
-        aborted = 0
-        for upload_key, upload_id, created in self._markers(key):
-            if upload_key == key and (created is None or created.timestamp() >= floor):
-                self.abort_upload(key, upload_id)
-                aborted += 1
-        return aborted
+        return self._suspects.reconcile(key, since, self._markers, self.abort_upload)
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
                     options: UploadOptions) -> PartResult:

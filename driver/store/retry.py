@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -94,3 +94,38 @@ class Retrier:
                     self._sleep(delay)
         finally:
             _current.attempt = outer
+
+
+# A marker's or upload's creation time is the store's clock; ours may differ by this much.
+CLOCK_SKEW = 30.0
+
+
+class SuspectUploads:
+    """Keys whose upload-create may have taken effect unseen (a retried or failed create),
+    and the one rule for them: when that key's write ends, its uploads created since the
+    write began (less CLOCK_SKEW) are aborted. Thread-safe; shared by both stores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}  # key -> when the first suspect create began
+
+    def mark(self, key: str, began: float) -> None:
+        with self._lock:
+            self._since[key] = min(began, self._since.get(key, began))
+
+    def reconcile(self, key: str, since: float,
+                  uploads: Callable[[str], list[tuple[str, str, Any]]],
+                  abort: Callable[[str, str], None]) -> int:
+        """Abort `key`'s uploads listed by `uploads(key)` as (key, id, created-or-None);
+        nothing is listed unless a create of `key` was suspect. Returns how many."""
+        with self._lock:
+            suspect = self._since.pop(key, None)
+        if suspect is None:
+            return 0
+        floor = min(since, suspect) - CLOCK_SKEW
+        aborted = 0
+        for upload_key, upload_id, created in uploads(key):
+            if upload_key == key and (created is None or created.timestamp() >= floor):
+                abort(key, upload_id)
+                aborted += 1
+        return aborted

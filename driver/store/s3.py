@@ -26,7 +26,6 @@ import binascii
 import contextlib
 import hashlib
 import socket
-import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
@@ -57,12 +56,10 @@ from driver.store.base import (
     UploadOptions,
 )
 from driver.store.observe import instrument_s3
-from driver.store.retry import Attempts, Retrier, Timeouts
+from driver.store.retry import Attempts, Retrier, SuspectUploads, Timeouts
 
 log = structlog.get_logger()
 T = TypeVar("T")
-# An upload's Initiated time is the store's clock; ours may differ by this much.
-CLOCK_SKEW = 30.0
 _RETRY_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
     "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests", "BadDigest",
@@ -337,8 +334,7 @@ class S3Store:
         self._payer: dict[str, str] = {"RequestPayer": "requester"} if requester_pays else {}
         # key -> earliest time.time() a create of it was retried or failed (see
         # reconcile_uploads).
-        self._suspects: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._suspects = SuspectUploads()
 
     def _call(self, what: str, fn: Callable[..., T], attempts: Attempts | None = None,
               **kwargs: Any) -> T:
@@ -474,29 +470,15 @@ class S3Store:
                                   self._client.create_multipart_upload, attempts, Key=key,
                                   **self._object_kwargs(options))
         except StoreError:
-            self._suspect(key, began)  # an attempt may have created an upload
+            self._suspects.mark(key, began)  # an attempt may have created an upload
             raise
         if attempts.count > 1:
-            self._suspect(key, began)  # an earlier attempt may have created one too
+            self._suspects.mark(key, began)  # an earlier attempt may have created one too
         return str(response["UploadId"])
-
-    def _suspect(self, key: str, began: float) -> None:
-        with self._lock:
-            self._suspects[key] = min(began, self._suspects.get(key, began))
 
     def reconcile_uploads(self, key: str, since: float) -> int:
         """Abort `key`'s uploads initiated since `since` if one of its creates was retried."""
-        with self._lock:
-            suspect = self._suspects.pop(key, None)
-        if suspect is None:
-            return 0
-        floor = min(since, suspect) - CLOCK_SKEW
-        aborted = 0
-        for upload_key, upload_id, initiated in self._uploads_of(key):
-            if upload_key == key and (initiated is None or initiated.timestamp() >= floor):
-                self.abort_upload(key, upload_id)
-                aborted += 1
-        return aborted
+        return self._suspects.reconcile(key, since, self._uploads_of, self.abort_upload)
 
     def _uploads_of(self, key: str) -> list[tuple[str, str, Any]]:
         found: list[tuple[str, str, Any]] = []
