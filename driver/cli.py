@@ -15,6 +15,7 @@ import errno
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -274,14 +275,14 @@ def _redirect_output(log_file: str | None) -> None:
 
 
 def _serve(args: argparse.Namespace, options: MountOptions,
-           report: object) -> int:
+           report: Callable[[Failure | None], None]) -> int:
     from driver import fuseserver
 
     fsname = f"cloudbucket:{args.bucket}/{options.prefix}"
     address: str | None = args.metrics_address
     if address and address.startswith("unix:"):  # as the supervisor's servers do
         return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
-                              args.credentials_file, report,  # type: ignore[arg-type]
+                              args.credentials_file, report,
                               metrics_socket=address.removeprefix("unix:"))
     metrics_server = None
     if address:
@@ -290,12 +291,12 @@ def _serve(args: argparse.Namespace, options: MountOptions,
         try:
             metrics_server = _serve_metrics_tcp(address)
         except OSError as exc:
-            report(Failure(FailureKind.INVALID_OPTION,  # type: ignore[operator]
+            report(Failure(FailureKind.INVALID_OPTION,
                            f"cannot serve metrics on {address}: {exc.strerror or exc}"))
             return 1
     try:
         return fuseserver.run(args.bucket, options, args.mountpoint, fsname,
-                              args.credentials_file, report)  # type: ignore[arg-type]
+                              args.credentials_file, report)
     finally:
         if metrics_server is not None:
             metrics_server.close()

@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.concurrent):
             target, _ = publish(1000 + index, f"held-{index}")
             held.append((target, f"held-{index}"))
-        time.sleep(1)  # let servers settle into idle (a measurement pause, not a sync)
         servers = [int(s["pid"]) for s in csi.servers()]
         server_pss = [pss_bytes(pid) for pid in servers]
         zygote = [p for p in _children_named("driver.mounts.zygote") if p not in servers]
