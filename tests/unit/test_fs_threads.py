@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from driver.fs.threads import run_sync
 
@@ -85,7 +86,8 @@ def test_a_cancelled_caller_waits_for_the_call_to_finish() -> None:
             nursery.start_soon(caller)
             await trio.to_thread.run_sync(started.wait, 10)
             scope.cancel()
-            await trio.sleep(0.05)  # give a wrongful abort the chance to happen
+            # Every task runs until it blocks: a wrongful abort would have resumed the caller.
+            await trio.testing.wait_all_tasks_blocked()
             assert not finished and outcome == []  # still waiting for the thread
             release.set()
         assert finished == [True]
