@@ -76,6 +76,8 @@ log = structlog.get_logger()
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
               "AWS_SECURITY_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS_JSON",
               "CLOUDBUCKET_MOUNTER_SOCKET")
+# How long a Check waits for the death watcher to report why a gone server died.
+DEATH_REPORT_WAIT = 2.0
 
 
 def failure(kind: FailureKind, message: str) -> FailureError:
@@ -245,6 +247,55 @@ class _Watched:
     oom_before: int
 
 
+class _Deaths:
+    """Why each dead server is gone, shared by the death-watch thread and request threads.
+
+    A Check can see a server's process gone (a zombie) a moment before the watcher has reaped
+    it and recorded the cause; `cause(target, wait)` waits that moment out on a condition.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._causes: dict[str, str] = {}  # target -> why its server is gone
+        self._stopping: set[str] = set()  # targets being unmounted on purpose
+
+    def record(self, target: str, cause: str) -> bool:
+        """Note a death; False (nothing noted) when the target is being stopped on purpose."""
+        with self._changed:
+            if target in self._stopping:
+                return False
+            self._causes[target] = cause
+            self._changed.notify_all()
+            return True
+
+    def cause(self, target: str, wait: float = 0.0) -> str | None:
+        with self._changed:
+            self._changed.wait_for(lambda: target in self._causes, timeout=wait)
+            return self._causes.get(target)
+
+    def forget(self, target: str) -> None:
+        with self._changed:
+            self._causes.pop(target, None)
+
+    def __contains__(self, target: str) -> bool:
+        with self._changed:
+            return target in self._causes
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._causes)
+
+    @contextlib.contextmanager
+    def stopping(self, target: str) -> Iterator[None]:
+        with self._changed:
+            self._stopping.add(target)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._stopping.discard(target)
+
+
 class DeathWatch:
     """One thread polling a pidfd per server; `on_exit(record, death)` when one exits."""
 
@@ -362,8 +413,7 @@ class Supervisor:
         # One lock per target: guards check-then-mount/unmount and its files.
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._deaths: dict[str, str] = {}  # target -> why its server is gone
-        self._stopping: set[str] = set()  # targets being unmounted on purpose
+        self._deaths = _Deaths()
         self._zygote = Zygote()
         with contextlib.suppress(OSError):
             privileges.become_subreaper()
@@ -421,15 +471,15 @@ class Supervisor:
             if self._watch.watch(record):
                 adopted += 1
             else:
-                self._deaths[record.target] = ("exited while no supervisor was running "
-                                               "(exit status unknown)")
+                self._deaths.record(record.target, "exited while no supervisor was running "
+                                    "(exit status unknown)")
         log.info("supervisor started", adopted=adopted, dead=len(self._deaths))
 
     def _died(self, record: ServerRecord, death: Death) -> None:
         current = self._get(record.target)
-        if current is None or current.pid != record.pid or record.target in self._stopping:
+        if current is None or current.pid != record.pid or \
+                not self._deaths.record(record.target, death.message):
             return  # stopped on purpose
-        self._deaths[record.target] = death.message
         log.error("FUSE server died", volume_id=record.volume_id, target=record.target,
                   pid=record.pid, cause=death.message,
                   log_file=str(self.log_path(record.target)))
@@ -579,7 +629,7 @@ class Supervisor:
         record = ServerRecord(target=target, volume_id=request.volume_id, bucket=request.bucket,
                               pid=pid, start_time=process_start_time(pid) or 0, uid=uid, gid=uid,
                               labels=dict(request.labels), cache=options.cache)
-        self._deaths.pop(target, None)
+        self._deaths.forget(target)
         self._put(record)
         self._watch.watch(record)
         try:
@@ -636,7 +686,7 @@ class Supervisor:
         with contextlib.suppress(OSError, TimeoutError):
             mountinfo.unmount(target)
         self._remove_files(target)
-        self._deaths.pop(target, None)
+        self._deaths.forget(target)
 
     def _kill(self, record: ServerRecord) -> None:
         if process_start_time(record.pid) == record.start_time:
@@ -665,18 +715,20 @@ class Supervisor:
             ok, message = self._health(record)
         else:  # from the records alone (a metrics scrape must not stat every mount)
             ok = self._alive(record) and record.phase == "ready"
-            message = "" if ok else self._deaths.get(record.target, "not serving")
+            message = "" if ok else self._deaths.cause(record.target) or "not serving"
         return ServerStatus(target=record.target, volume_id=record.volume_id, ok=ok,
                             message=message, pid=record.pid, uid=record.uid,
                             bucket=record.bucket, labels=dict(record.labels),
                             metrics_socket=str(self.metrics_socket(record.target)))
 
     def _health(self, record: ServerRecord) -> tuple[bool, str]:
-        death = self._deaths.get(record.target)
+        gone = process_start_time(record.pid) != record.start_time
+        # A gone process's cause comes from the death watcher, which may be a moment behind.
+        death = self._deaths.cause(record.target, wait=DEATH_REPORT_WAIT if gone else 0.0)
         if death is not None:
             return False, (f"the FUSE server (pid {record.pid}) {death}; the mount answers "
                            "ENOTCONN until the volume is unpublished and published again")
-        if process_start_time(record.pid) != record.start_time:
+        if gone:
             return False, f"the FUSE server (pid {record.pid}) is gone"
         if record.phase != "ready":
             return False, "the FUSE server is still starting"
@@ -716,11 +768,8 @@ class Supervisor:
             self._stop(record, target, terminate)
 
     def _stop(self, record: ServerRecord | None, target: str, terminate: bool) -> None:
-        self._stopping.add(target)
-        try:
+        with self._deaths.stopping(target):
             self._stop_server(record, target, terminate)
-        finally:
-            self._stopping.discard(target)
 
     def _stop_server(self, record: ServerRecord | None, target: str, terminate: bool) -> None:
         if mountinfo.find(target) is not None:
@@ -744,7 +793,7 @@ class Supervisor:
             self._release_cache(record.cache, target)
             self._record_path(target).unlink(missing_ok=True)
         self._remove_files(target)
-        self._deaths.pop(target, None)
+        self._deaths.forget(target)
 
     @staticmethod
     def _wait_exit(record: ServerRecord, timeout: float) -> bool:
