@@ -15,6 +15,8 @@ The pool holds at most `limit` bytes and is emptied when no file is open for rea
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 # getrefcount(free[i]) when only the free list holds the buffer: the list's reference and
 # getrefcount's own argument.
@@ -51,3 +53,40 @@ class BufferPool:
     def clear(self) -> None:
         self._free.clear()
         self.held = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks:
+    """Fetched bytes kept as consecutive cache blocks rather than one joined buffer.
+
+    Joining a 16 MiB part of cached blocks was a fifth of the FUSE thread's time on a cached
+    read; kept apart, a read is a slice of the one block it falls in (the kernel's reads
+    are block-aligned in a sequential stream) and only a read across a boundary is copied.
+    Byte 0 of the data is byte `skip` of `blocks[0]`; every block but the last is
+    `block_size` long.
+    """
+
+    blocks: Sequence[bytes | bytearray | memoryview]
+    block_size: int
+    skip: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def views(self, lo: int, hi: int) -> Iterator[memoryview]:
+        """Zero-copy views covering data[lo:hi], in order."""
+        lo, hi = lo + self.skip, min(hi, self.length) + self.skip
+        size = self.block_size
+        for index in range(lo // size, (hi - 1) // size + 1):
+            base = index * size
+            yield memoryview(self.blocks[index])[max(lo, base) - base:min(hi, base + size) - base]
+
+
+def views(data: bytes | bytearray | memoryview | Blocks, lo: int, hi: int
+          ) -> Iterator[memoryview]:
+    """data[lo:hi] as zero-copy views, whatever holds the data."""
+    if isinstance(data, Blocks):
+        yield from data.views(lo, hi)
+    else:
+        yield memoryview(data)[lo:hi]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from driver import metrics
+from driver.fs.buffers import Blocks, views
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
 
@@ -37,21 +38,21 @@ class _Part:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | bytearray | memoryview = b""
+    data: bytes | bytearray | memoryview | Blocks = b""
     error: BaseException | None = None
     dropped: bool = False
 
 
 _FETCHED, _USED, _RESETS = (metrics.PREFETCH_BYTES, metrics.PREFETCH_USED_BYTES,
                             metrics.PREFETCH_RESETS)
-Fetch = Callable[[int, int], Awaitable[bytes | bytearray | memoryview]]
+Fetch = Callable[[int, int], Awaitable[bytes | bytearray | memoryview | Blocks]]
 
 
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
                  keep_behind: int = 32 * MiB,
-                 recycle: Callable[[bytes | bytearray | memoryview], None] | None = None,
+                 recycle: Callable[[bytes | bytearray | memoryview | Blocks], None] | None = None,
                  align: int = 1, budget_timeout: float = math.inf) -> None:
         self._fetch = fetch
         self._recycle = recycle  # takes the data of dropped parts (a BufferPool's give)
@@ -104,7 +105,7 @@ class Prefetcher:
                 self._reset(self._next)  # the next read starts a fresh stream
                 raise part.error
             lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
-            pieces.append(memoryview(part.data)[lo:hi])  # no copy; pyfuse3 takes buffers
+            pieces.extend(views(part.data, lo, hi))  # no copy; pyfuse3 takes buffers
         _USED.inc(length)
         self._highest = max(self._highest, end)
         self._evict()

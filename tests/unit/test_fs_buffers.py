@@ -7,13 +7,29 @@ import random
 
 import trio
 
-from driver.fs.buffers import BufferPool
+from driver.fs.buffers import Blocks, BufferPool, views
 from driver.fs.filesystem import Filesystem
 from driver.fs.inodes import ROOT_INODE
 from driver.options import MountOptions
 from tests.memstore import MemoryStore
 
 MiB = 1024 * 1024
+
+
+def test_blocks_slice_like_the_joined_bytes_and_copy_nothing_within_a_block() -> None:
+    rng = random.Random(5)
+    size, skip = 1000, 137
+    blocks = [rng.randbytes(size) for _ in range(4)] + [rng.randbytes(400)]
+    joined = b"".join(blocks)[skip:skip + 3900]
+    data = Blocks(blocks, size, skip, len(joined))
+    assert len(data) == 3900
+    for _ in range(300):
+        lo = rng.randrange(len(joined))
+        hi = rng.randrange(lo + 1, len(joined) + 1)
+        assert b"".join(views(data, lo, hi)) == joined[lo:hi]
+    [inside] = views(data, size - skip + 10, size - skip + 500)  # within block 1
+    assert inside.obj is blocks[1] and bytes(inside) == blocks[1][10:500]
+    assert [bytes(v) for v in views(b"abcdef", 1, 4)] == [b"bcd"]
 
 
 def test_a_free_buffer_is_reused_and_a_viewed_one_is_not() -> None:
