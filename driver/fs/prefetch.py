@@ -68,6 +68,7 @@ class Prefetcher:
         self._window = FIRST_REQUEST
         self._highest = 0  # highest offset read so far in this stream
         self._stream_start = 0
+        self._stream = 0  # counts resets: a read of an older stream must not move this one
         self._closed = False
         self._budget_timeout = budget_timeout
         self._active: list[tuple[int, int]] = []  # ranges of reads in progress: never shed
@@ -96,6 +97,7 @@ class Prefetcher:
         else:
             raise FsError(errno.EIO, "concurrent reads kept moving the stream")
         self._schedule(end)
+        stream = self._stream
         pieces: list[memoryview] = []
         for part in list(self._parts):
             if part.end <= offset or part.start >= end:
@@ -107,9 +109,13 @@ class Prefetcher:
             lo, hi = max(offset, part.start) - part.start, min(end, part.end) - part.start
             pieces.extend(views(part.data, lo, hi))  # no copy; pyfuse3 takes buffers
         _USED.inc(length)
-        self._highest = max(self._highest, end)
-        self._evict()
-        self._schedule(self._highest)
+        # The kernel sends reads concurrently (its own read-ahead among them): when another
+        # read restarted the stream while this one waited, this one's end says nothing of
+        # where the new stream is, and counting it would request everything up to there.
+        if stream == self._stream:
+            self._highest = max(self._highest, end)
+            self._evict()
+            self._schedule(self._highest)
         data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         if len(data) != length:  # pragma: no cover - a bug; never return short or mixed bytes
             raise AssertionError(f"prefetcher assembled {len(data)} of {length} bytes")
@@ -223,6 +229,7 @@ class Prefetcher:
             self._drop(part)
         self._parts.clear()
         self._next = self._highest = self._stream_start = offset
+        self._stream += 1
         # A stream that starts mid-file may be a random reader: fetch only what is asked
         # until a second read in order shows a stream (then the window starts to grow).
         self._window = FIRST_REQUEST if offset == 0 else 0
