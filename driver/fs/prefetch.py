@@ -124,15 +124,17 @@ class Prefetcher:
     def _position(self, offset: int, end: int) -> None:
         """Keep, move or restart the stream for a read of [offset, end)."""
         reach = self._covered_until(offset)
-        if reach == offset and offset != self._next:
+        if reach < end and self._parts and self._parts[0].start <= reach < self._next:
+            # A hole that a short skip left inside the stream: the kernel's concurrent
+            # read-ahead requests arrive out of order, so the skipped bytes are usually
+            # asked for a moment later. Fill the hole; restarting would refetch the stream.
+            self._fill_hole(reach, max(end, reach + self._window))
+        elif reach == offset and offset != self._next:
             if self._parts and self._next < offset <= self._next + self.part_size:
                 self._next = offset  # a short skip forward: keep the stream, leave a hole
             else:
                 _RESETS.inc()
                 self._reset(offset)
-        elif reach < end and reach != self._next:
-            _RESETS.inc()
-            self._reset(offset)  # a hole inside the range: start over here
         elif offset >= self._highest >= self._stream_start + self._window:
             # The reader consumed a whole window in order: widen it. Counting consumed
             # bytes, not reads, keeps the kernel's own read-ahead after a random read
@@ -187,6 +189,16 @@ class Prefetcher:
         part = _Part(self._next, self._next + size)
         self._parts.append(part)
         self._next = part.end
+        self.requests += 1
+        self._spawn(self._run, part)
+
+    def _fill_hole(self, start: int, until: int) -> None:
+        """Request [start, until) of the gap before the next part (at most that gap): a
+        stream's window fills the whole gap at once, a random reader's only what it asks."""
+        index = next(i for i, part in enumerate(self._parts) if part.start > start)
+        part = _Part(start, min(until, self._parts[index].start))
+        self._budget.try_reserve(part.end - part.start, force=True)  # a read waits on it
+        self._parts.insert(index, part)
         self.requests += 1
         self._spawn(self._run, part)
 

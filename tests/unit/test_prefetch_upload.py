@@ -259,3 +259,47 @@ def test_a_read_finishing_after_a_reset_does_not_drag_the_new_stream_forward():
 
     trio.run(main)
     assert sum(end - start for start, end in fetched) == 2 * 256 * 1024, fetched
+
+
+def test_reads_arriving_out_of_order_fill_the_hole_instead_of_restarting():
+    """The kernel's read-ahead requests are concurrent and arrive out of order (traced:
+    ..., 10, 14, 15, 16, 17, 11 MiB while nothing had arrived yet); the late one used to
+    find a hole, restart the stream and refetch what was already on its way."""
+    store = MemoryStore()
+    size = 40 * MiB
+    store.objects["k"] = data = random.Random(4).randbytes(size)
+    budget = MemoryBudget(128 * MiB)
+    fetched: list[tuple[int, int]] = []
+    arrived = trio.Event()
+    order = [*range(0, 11), 14, 15, 16, 17, 11, 12, 13, *range(18, 40)]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
+            inner = pre._fetch
+
+            async def gated(start: int, end: int) -> bytes:
+                fetched.append((start, end))
+                await arrived.wait()  # nothing comes back until every read was sent
+                return await inner(start, end)
+
+            pre._fetch = gated
+            stream = pre._stream
+
+            async def read(index: int) -> None:
+                got = await pre.read(index * MiB, MiB)
+                assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+
+            async with trio.open_nursery() as kernel:
+                for index in order[:18]:
+                    kernel.start_soon(read, index)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert pre._stream == stream  # never restarted
+                arrived.set()
+            for index in order[18:]:
+                await read(index)
+            assert pre._stream == stream
+            pre.close()
+
+    trio.run(main)
+    assert sum(end - start for start, end in fetched) == size, sorted(fetched)
