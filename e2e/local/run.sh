@@ -14,7 +14,13 @@ PY=${PY:-$ROOT/.venv/bin/python}
 
 t0=$(date +%s)
 "$HERE/build-k8s.sh" "$E2E_CACHE/k8s-$K8S_VERSION" "$K8S_VERSION"
-DRIVER_IMAGE=$DRIVER_IMAGE PY=$PY "$HERE/build-images.sh"
+# The driver image was exported by `make e2e-local-build`, which stopped its dockerd again:
+# only the dockerd-free images are (re)built here.
+NO_DRIVER_IMAGE=1 PY=$PY "$HERE/build-images.sh"
+[ -f "$E2E_CACHE/images/driver.tar" ] || {
+  echo "e2e-local: no driver image in $E2E_CACHE/images/driver.tar; run make e2e-local-build" >&2
+  exit 1
+}
 t1=$(date +%s)
 
 cleanup() {
