@@ -69,6 +69,8 @@ class Settings:
     test_image: str
     node_exec: list[str]
     kubelet_dir: str
+    kubectl: str
+    node_state_dir: str
 
     @classmethod
     def from_env(cls, s3_endpoint: str = "", s3_local: str = "", access_key: str = "",
@@ -89,6 +91,8 @@ class Settings:
             test_image=env("E2E_TEST_IMAGE", "cloudbucket-e2e.local/busybox:e2e"),
             node_exec=shlex.split(env("E2E_NODE_EXEC")),
             kubelet_dir=env("E2E_KUBELET_DIR", "/var/lib/kubelet"),
+            kubectl=env("E2E_KUBECTL", str(ROOT / ".cache/bin/kubectl")),
+            node_state_dir=env("E2E_NODE_STATE_DIR", "/var/lib/cloudbucket-csi"),  # node.stateDir
         )
 
 
@@ -372,6 +376,29 @@ def node_mounts(settings: Settings) -> list[tuple[str, str]]:
         if point.startswith(settings.kubelet_dir) and fstype.startswith("fuse"):
             found.append((point, fstype))
     return found
+
+
+def kubectl_events(settings: Settings, namespace: str, name: str) -> list[str]:
+    """`kubectl get events` of one object, as an operator reads them: "Reason: message"."""
+    done = subprocess.run(
+        [settings.kubectl, "get", "events", "--namespace", namespace,
+         "--field-selector", f"involvedObject.name={name}",
+         "--output", 'jsonpath={range .items[*]}{.reason}{": "}{.message}{"\\n"}{end}'],
+        capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def node_fuse_server_pid(settings: Settings, pod_uid: str) -> int | None:
+    """The PID of the FUSE server serving a pod's volume, from the supervisor's records."""
+    records = f"{settings.node_state_dir}/supervisor/records"
+    out = node_run(settings, "sh", "-c",
+                   f"for f in {records}/*.json; do tr -d '\\n' < \"$f\"; echo; done")
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if f"/pods/{pod_uid}/" in record.get("target", ""):
+                return int(record["pid"])
+    return None
 
 
 def node_fuse_servers(settings: Settings) -> list[str]:

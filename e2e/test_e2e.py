@@ -1,5 +1,5 @@
-"""The ten e2e cases of issue 8: kubelet drives the driver, each case asserts on what the
-pod sees and on what the bucket holds."""
+"""The e2e cases (1-10 of issue 8, 11 of issue 15): kubelet drives the driver, each case
+asserts on what the pod sees, what the bucket holds, and what an operator sees."""
 
 from __future__ import annotations
 
@@ -121,14 +121,15 @@ def test_secret_credentials_and_wrong_ones(cluster, settings, s3, ns, bucket, ke
     cluster.pvc(ns, "wrong", volume_name=pv)
     cluster.pod(ns, "bad", {"persistentVolumeClaim": {"claimName": "wrong"}})
 
-    def failed_mount_event() -> bool:
-        return any(m.startswith("FailedMount") for m in cluster.event_messages(ns, "bad"))
+    def failed_mount_event() -> bool:  # as an operator sees it: `kubectl get events`
+        return any(m.startswith("FailedMount") for m in harness.kubectl_events(settings, ns, "bad"))
 
-    wait_until(failed_mount_event, 180, "a FailedMount event")
+    wait_until(failed_mount_event, 180, "a FailedMount event in kubectl get events")
     pod = cluster.core.read_namespaced_pod("bad", ns)
     waiting = pod.status.container_statuses[0].state.waiting
     assert pod.status.phase == "Pending" and waiting.reason == "ContainerCreating"
-    messages = [m for m in cluster.event_messages(ns, "bad") if m.startswith("FailedMount")]
+    messages = [m for m in harness.kubectl_events(settings, ns, "bad")
+                if m.startswith("FailedMount")]
     assert any(re.search(r"denied|credential|signature|access key", m, re.I) for m in messages), \
         messages
     assert not any("not-the-secret" in m for m in messages)  # the secret is never echoed
@@ -319,3 +320,65 @@ def test_read_survives_node_plugin_restart(cluster, settings, s3, ns, bucket, ke
     assert expected in logs, logs
     # The volume still works for new I/O after the replacement.
     write_read(cluster, ns, "reader", "/data/after.txt", "after")
+
+
+# 11 ----------------------------------------------------------------------------------------
+NODE_METRICS_PORT = 9809  # the chart's metrics.nodePort
+
+
+def _scrape(cluster: Cluster, ns: str, pod: str, url: str) -> dict[tuple[str, frozenset], float]:
+    """/metrics fetched from inside the cluster (a pod's wget), parsed by prometheus-client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, text = cluster.exec(ns, pod, f"wget -qO- {url}")
+    assert code == 0, text
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _value(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    return sum(value for (sample, have), value in samples.items()
+               if sample == name and set(labels.items()) <= have)
+
+
+def test_fuse_server_death_is_an_event_and_node_metrics_are_scraped_in_cluster(
+        cluster, settings, s3, ns, bucket, keys_secret, pvs):
+    size = 300_000
+    s3.put_object(Bucket=bucket, Key="m.bin", Body=b"m" * size)
+    volume = static_volume(cluster, settings, ns, pvs, bucket, keys_secret)
+    cluster.pod(ns, "victim", volume)
+    uid = cluster.wait_running(ns, "victim").metadata.uid
+    code, out = cluster.exec(ns, "victim", "cat /data/m.bin | wc -c")
+    assert (code, out.strip()) == (0, str(size)), out
+
+    # The node plugin's /metrics, scraped by a pod as Prometheus would: the victim's reads
+    # are there, labelled with its pod.
+    cluster.pod(ns, "scraper", {"emptyDir": {}})
+    cluster.wait_running(ns, "scraper")
+    [plugin] = cluster.driver_pods("node")
+    url = f"http://{plugin.status.pod_ip}:{NODE_METRICS_PORT}/metrics"
+    samples = _scrape(cluster, ns, "scraper", url)
+    mine = {"pod_namespace": ns, "pod_name": "victim"}
+    assert _value(samples, "cloudbucket_fs_read_bytes_total", **mine) >= size, \
+        sorted({name for name, _ in samples})
+    assert _value(samples, "cloudbucket_store_requests_total", op="GetObject", **mine) >= 1
+    deaths_before = _value(samples, "cloudbucket_fuse_server_deaths_total", cause="signal:SIGKILL")
+
+    # Its FUSE server is killed: a FuseServerDied Event on the pod names the cause.
+    pid = harness.node_fuse_server_pid(settings, uid)
+    assert pid is not None, "no supervisor record for the pod's mount"
+    harness.node_run(settings, "kill", "-KILL", str(pid))
+
+    def died_event() -> list[str]:
+        return [m for m in harness.kubectl_events(settings, ns, "victim")
+                if m.startswith("FuseServerDied")]
+
+    wait_until(lambda: bool(died_event()), 60, "a FuseServerDied event in kubectl get events")
+    [message] = died_event()
+    assert "SIGKILL" in message, message
+    code, out = cluster.exec(ns, "victim", "cat /data/m.bin > /dev/null")
+    assert code != 0  # the mount answers ENOTCONN now, as the Event says
+    wait_until(lambda: _value(_scrape(cluster, ns, "scraper", url),
+                              "cloudbucket_fuse_server_deaths_total",
+                              cause="signal:SIGKILL") == deaths_before + 1,
+               60, "the death counted in the node plugin's /metrics")

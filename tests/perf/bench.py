@@ -389,7 +389,11 @@ def profiled(pid: int, directory: str | None, name: str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log(f"bench: profile of {name}: {out}")
+        if out.exists():
+            log(f"bench: profile of {name}: {out}")
+        else:  # e.g. a flag py-spy refuses: say why instead of naming a file that is not there
+            why = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            log(f"bench: no profile of {name}: py-spy said {why[-500:]!r}")
 
 
 class Runner:

@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 E2E = ROOT / "e2e"
 
 
-def test_suite_imports_and_collects_the_ten_cases() -> None:
+def test_suite_imports_and_collects_the_eleven_cases() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
          "e2e"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     cases = [line for line in done.stdout.splitlines() if "::test_" in line]
-    # Cases 1-9 and case 10 twice (pod deletion, helm upgrade).
-    assert len(cases) == 11, cases
+    # Cases 1-9, case 10 twice (pod deletion, helm upgrade), case 11 (Events, metrics).
+    assert len(cases) == 12, cases
     assert sum("test_read_survives_node_plugin_restart" in c for c in cases) == 2
 
 
