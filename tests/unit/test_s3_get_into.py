@@ -16,7 +16,9 @@ class RangeServer:
 
     def __call__(self, request, **_: object) -> AWSResponse:
         self.headers.append(dict(request.headers))
-        first, last = request.headers["Range"].decode().removeprefix("bytes=").split("-")
+        byte_range = request.headers["Range"]  # bytes from botocore's client, str direct
+        byte_range = byte_range.decode() if isinstance(byte_range, bytes) else byte_range
+        first, last = byte_range.removeprefix("bytes=").split("-")
         data = self.body[int(first):int(last) + 1]
         data = data[:len(data) - self.short]
         return AWSResponse(request.url, 206, {"ETag": self.etag,
