@@ -401,18 +401,20 @@ def node_fuse_server_pid(settings: Settings, pod_uid: str) -> int | None:
     return None
 
 
-def node_fuse_servers(settings: Settings) -> list[str]:
-    """The FUSE servers on the node: processes forked from the supervisor's zygote (they
-    carry its command line) that run as a UID of the reserved range (the zygote is root)."""
+def node_fuse_servers(settings: Settings) -> dict[int, str]:
+    """The FUSE servers on the node, pid -> command line: processes forked from the
+    supervisor's zygote (they carry its command line) that run as a UID of the reserved
+    range (the zygote itself is root)."""
     out = node_run(settings, "sh", "-c",
                    "for d in /proc/[0-9]*; do u=$(awk '/^Uid:/{print $2}' $d/status "
                    "2>/dev/null); c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null); "
-                   "echo \"$u $c\"; done")
-    servers = []
+                   "echo \"${d#/proc/} $u $c\"; done")
+    servers = {}
     for line in out.splitlines():
-        uid, _, cmdline = line.partition(" ")
+        pid, _, rest = line.partition(" ")
+        uid, _, cmdline = rest.partition(" ")
         if "driver.mounts.zygote" in cmdline and uid.isdigit() and 65536 <= int(uid) < 131072:
-            servers.append(cmdline)
+            servers[int(pid)] = cmdline
     return servers
 
 

@@ -264,14 +264,15 @@ def test_pod_deletion_leaves_no_mount_and_no_fuse_process(cluster, settings, ns,
     uid = cluster.wait_running(ns, "app").metadata.uid
     write_read(cluster, ns, "app", "/data/x.txt", "x")
     assert any(uid in p for p, _ in harness.node_mounts(settings))
-    assert any(uid in c for c in harness.node_fuse_servers(settings)), \
-        harness.node_fuse_servers(settings)
+    pid = harness.node_fuse_server_pid(settings, uid)  # from the supervisor's records
+    assert pid in harness.node_fuse_servers(settings), (pid, harness.node_fuse_servers(settings))
 
     cluster.delete_pod(ns, "app")
     wait_until(lambda: not any(uid in p for p, _ in harness.node_mounts(settings)), 60,
                "the pod's mount to go")
-    wait_until(lambda: not any(uid in c for c in harness.node_fuse_servers(settings)), 60,
+    wait_until(lambda: pid not in harness.node_fuse_servers(settings), 60,
                "the pod's FUSE server to exit")
+    assert harness.node_fuse_server_pid(settings, uid) is None  # and its record is gone
 
 
 # 10 ----------------------------------------------------------------------------------------
