@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make e2e-local: build (cached), start the local cluster, install the chart, run the suite,
 # tear everything down by PID. Prints how long the build and the run took.
-#   E2E_PYTEST_ARGS  extra pytest arguments (e.g. "-k static")
+#   E2E_PYTEST_ARGS  extra pytest arguments, split on spaces (e.g. "-x --lf")
+#   E2E_K            a pytest -k expression, passed as one argument (e.g. "static or inline")
 #   E2E_KEEP=1       leave the cluster up afterwards (`make e2e-local-down` stops it)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -37,7 +38,8 @@ status=0
 "$HERE/cluster.sh" exec env \
   E2E_OIDC_ISSUER=https://10.96.0.1 E2E_OIDC_CA="$E2E_CACHE/run/pki/ca.crt" \
   E2E_S3_HOST=10.100.0.1 E2E_VALUES="$HERE/values.yaml,$E2E_CACHE/values-image.yaml" \
-  "$PY" -m pytest -p no:cacheprovider -v -rA --timeout=900 e2e ${E2E_PYTEST_ARGS:-} \
+  "$PY" -m pytest -p no:cacheprovider -v -rA --timeout=900 e2e ${E2E_K:+-k "$E2E_K"} \
+  ${E2E_PYTEST_ARGS:-} \
   < /dev/null || status=$?
 t3=$(date +%s)
 echo "e2e-local: build $((t1 - t0))s, cluster up $((t2 - t1))s, suite $((t3 - t2))s, exit $status"
