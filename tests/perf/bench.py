@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -97,6 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-count", type=int, default=None,
                         help="4 KiB files read (default 1000, 200 quick)")
     parser.add_argument("--quick", action="store_true", help="short durations and counts")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME:ENV=VALUE[,ENV=VALUE]",
+                        help="one more client: our mount with this environment, named "
+                        "cloudbucket-NAME and run in turn with the others, so a setting's "
+                        "cost is a same-run ratio (e.g. nometrics:CLOUDBUCKET_METRICS=off)")
     parser.add_argument("--peers", default="s3fs,boto3",
                         help="all, none, or a comma list of s3fs, rclone, boto3 "
                         "(default s3fs,boto3: the comparators of the targets)")
@@ -483,7 +489,7 @@ def run_all(args: argparse.Namespace, workloads: list[Workload], clients: list[C
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for workload in workloads:
         eligible = [c for c in clients if (c.is_mount or workload.raw) and (
-            c.name == OURS or workload.peers is None or c.name in workload.peers)]
+            c.name.startswith(OURS) or workload.peers is None or c.name in workload.peers)]
         per_client = {c.name: {"samples": [], "errors": []} for c in eligible}
         results[workload.name] = per_client
         for rep in range(args.repeat):
@@ -509,6 +515,11 @@ def build_clients(args: argparse.Namespace, server: SeaweedS3, bucket: str, work
                        count_requests=args.count_requests,
                        env=dict(item.split("=", 1) for item in args.mount_env))
     clients: list[Client] = [ours]
+    for variant in args.variant:
+        name, _, assignments = variant.partition(":")
+        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        clients.append(dataclasses.replace(ours, name=f"{OURS}-{name}", env={**ours.env, **env},
+                                           log_prefix=f"{OURS}-{name}", _variants={}))
     skipped: dict[str, str] = {}
     for name in select_peers(args.peers):
         client: Client = {"s3fs": lambda: S3fs(server, bucket, workdir),

@@ -461,7 +461,7 @@ class CacheSeqRead(_CacheWorkload):
         clear_cache_blocks(self.cache)
         try:
             first = self._read(ctx, root)
-            if client != OURS:  # a peer: no cache of ours to wait for
+            if not client.startswith(OURS):  # a peer: no cache of ours to wait for
                 return self._speedup(first, self._read(ctx, root), drop_page_cache())
             dropped = self._second_pass_ready(-(-ctx.size // MiB))
             return self._speedup(first, self._read(ctx, root), dropped)
@@ -509,7 +509,7 @@ class CacheRandRead(_CacheWorkload):
         try:
             offsets = RandRead._offsets(ctx.size, 11)
             first, done = self._read(ctx, root, offsets, time.perf_counter() + ctx.duration)
-            if client == OURS:
+            if client.startswith(OURS):
                 touched = {o // MiB for o in done} | {(o + RANDOM_BLOCK - 1) // MiB
                                                       for o in done}
                 dropped = self._second_pass_ready(len(touched))
@@ -547,7 +547,7 @@ class CacheSmallFiles(_CacheWorkload):
         clear_cache_blocks(self.cache)
         try:
             first = self._read(ctx, root)
-            dropped = (self._second_pass_ready(ctx.small_count) if client == OURS
+            dropped = (self._second_pass_ready(ctx.small_count) if client.startswith(OURS)
                        else drop_page_cache())
             return self._speedup(first, self._read(ctx, root), dropped)
         finally:
