@@ -389,33 +389,46 @@ def kubectl_events(settings: Settings, namespace: str, name: str) -> list[str]:
 
 
 def node_fuse_server_pid(settings: Settings, pod_uid: str) -> int | None:
-    """The PID of the FUSE server serving a pod's volume, from the supervisor's records."""
+    """The node's PID of the FUSE server serving a pod's volume.
+
+    The supervisor's record names the server by its PID in the mounter container's PID
+    namespace, which is not the node's: the server is the zygote child whose innermost PID
+    (NSpid's last field) and UID are the record's."""
     records = f"{settings.node_state_dir}/supervisor/records"
     out = node_run(settings, "sh", "-c",
                    f"for f in {records}/*.json; do tr -d '\\n' < \"$f\"; echo; done")
     for line in out.splitlines():
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, KeyError):
             record = json.loads(line)
             if f"/pods/{pod_uid}/" in record.get("target", ""):
-                return int(record["pid"])
+                for pid, (uid, inner, _) in _node_fuse_servers(settings).items():
+                    if (uid, inner) == (int(record["uid"]), int(record["pid"])):
+                        return pid
     return None
 
 
-def node_fuse_servers(settings: Settings) -> dict[int, str]:
-    """The FUSE servers on the node, pid -> command line: processes forked from the
-    supervisor's zygote (they carry its command line) that run as a UID of the reserved
-    range (the zygote itself is root)."""
+def _node_fuse_servers(settings: Settings) -> dict[int, tuple[int, int, str]]:
+    """node PID -> (UID, PID in its innermost namespace, command line) of each process forked
+    from the supervisor's zygote (they carry its command line) that runs as a UID of the
+    reserved range (the zygote itself is root)."""
     out = node_run(settings, "sh", "-c",
-                   "for d in /proc/[0-9]*; do u=$(awk '/^Uid:/{print $2}' $d/status "
-                   "2>/dev/null); c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null); "
-                   "echo \"${d#/proc/} $u $c\"; done")
+                   "for d in /proc/[0-9]*; do s=$d/status; "
+                   "u=$(awk '/^Uid:/{print $2}' $s 2>/dev/null); "
+                   "n=$(awk '/^NSpid:/{print $NF}' $s 2>/dev/null); "
+                   "c=$(tr '\\0' ' ' < $d/cmdline 2>/dev/null); "
+                   "echo \"${d#/proc/} $u $n $c\"; done")
     servers = {}
     for line in out.splitlines():
-        pid, _, rest = line.partition(" ")
-        uid, _, cmdline = rest.partition(" ")
-        if "driver.mounts.zygote" in cmdline and uid.isdigit() and 65536 <= int(uid) < 131072:
-            servers[int(pid)] = cmdline
+        fields = line.split(" ", 3)
+        if len(fields) == 4 and all(f.isdigit() for f in fields[:3]) and \
+                "driver.mounts.zygote" in fields[3] and 65536 <= int(fields[1]) < 131072:
+            servers[int(fields[0])] = (int(fields[1]), int(fields[2]), fields[3])
     return servers
+
+
+def node_fuse_servers(settings: Settings) -> dict[int, str]:
+    """The FUSE servers on the node: node PID -> command line."""
+    return {pid: cmdline for pid, (_, _, cmdline) in _node_fuse_servers(settings).items()}
 
 
 @contextlib.contextmanager
