@@ -44,7 +44,7 @@ from botocore.compat import unquote_str
 from botocore.config import Config
 from botocore.hooks import first_non_none_response
 from botocore.response import StreamingBody
-from botocore.utils import parse_timestamp, percent_encode
+from botocore.utils import parse_timestamp, percent_encode, percent_encode_sequence
 
 from driver.store.base import (
     AccessDenied,
@@ -332,56 +332,72 @@ class _Direct:
     PROBE_KEY = "cloudbucket-csi-probe"
     _STATIC_HEADERS = ("User-Agent", "x-amz-expected-bucket-owner", "x-amz-request-payer")
 
-    def __init__(self, client: Any, prefix: str, headers: dict[str, str],
+    def __init__(self, client: Any, prefix: str, list_url: str, headers: dict[str, str],
                  region: str | None) -> None:
         self._events = client.meta.events
         self._http = client._endpoint.http_session
         self._credentials = client._request_signer._credentials
-        self._prefix = prefix
+        self._prefix = prefix  # + the url-encoded key: an object's URL
+        self._list_url = list_url  # the bucket's URL for ListObjectsV2, without a query
         self._headers = headers
         self._region = region  # None: unsigned (--no-sign-request)
 
     @classmethod
     def probe(cls, client: Any, bucket: str, payer: dict[str, str]) -> _Direct | None:
         """Read what the client would send; None (keep the client) when anything is odd."""
-        seen: dict[str, Any] = {}
+        seen: dict[str, tuple[str, dict[str, Any]]] = {}
 
-        def capture(request: Any, **_: Any) -> AWSResponse:
-            seen["url"], seen["headers"] = request.url, dict(request.headers)
+        def capture(request: Any, event_name: str, **_: Any) -> AWSResponse:
+            seen[event_name.rsplit(".", 1)[-1]] = (request.url, dict(request.headers))
             return AWSResponse(request.url, 200, {"Content-Length": "0", "ETag": '"p"'},
                                _EmptyBody())
 
         events = client.meta.events
-        events.register_first("before-send.s3.HeadObject", capture, unique_id="cb-probe")
+        events.register_first("before-send.s3", capture, unique_id="cb-probe")
         try:
             client.head_object(Bucket=bucket, Key=cls.PROBE_KEY, **payer)
-            url: str = seen["url"]
+            with contextlib.suppress(botocore.exceptions.BotoCoreError):
+                client.list_objects_v2(Bucket=bucket, MaxKeys=1, **payer)  # parses b""
+            url, sent = seen["HeadObject"]
             if not url.endswith("/" + cls.PROBE_KEY) or "?" in url:
                 return None
-            headers = {name: _text(value) for name, value in seen["headers"].items()
+            headers = {name: _text(value) for name, value in sent.items()
                        if name in cls._STATIC_HEADERS}
-            auth = _text(seen["headers"].get("Authorization", ""))
+            auth = _text(sent.get("Authorization", ""))
             region = None
             if auth:
                 scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
-                if not auth.startswith("AWS4-HMAC-SHA256 ") or scope[3:] != ["s3", "aws4_request"]:
+                if not auth.startswith("AWS4-HMAC-SHA256 ") or \
+                        scope[3:] != ["s3", "aws4_request"]:
                     return None  # a signer this path does not speak (e.g. SigV4a)
                 region = scope[2]
-            direct = cls(client, url[:-len(cls.PROBE_KEY)], headers, region)
+            list_url = seen["ListObjectsV2"][0].split("?", 1)[0] if "ListObjectsV2" in seen \
+                else ""
+            direct = cls(client, url[:-len(cls.PROBE_KEY)], list_url, headers, region)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, KeyError,
                 IndexError, AttributeError):
             return None
         finally:
-            events.unregister("before-send.s3.HeadObject", unique_id="cb-probe")
+            events.unregister("before-send.s3", unique_id="cb-probe")
         return direct  # region None: the client signs nothing (--no-sign-request)
 
-    def send(self, op: str, method: str, key: str, headers: dict[str, str]) -> AWSResponse:
+    @property
+    def lists(self) -> bool:
+        return bool(self._list_url)
+
+    def list(self, params: dict[str, str]) -> bytes:
+        """One ListObjectsV2 attempt: the body of a 200 (parsed by `_parse_list`)."""
+        url = f"{self._list_url}?{percent_encode_sequence({'list-type': '2', **params})}"
+        return self.send("ListObjectsV2", "GET", "", {}, url=url).content
+
+    def send(self, op: str, method: str, key: str, headers: dict[str, str],
+             url: str | None = None) -> AWSResponse:
         """One attempt; the response of a 2xx, else the ClientError botocore would raise."""
-        # stream_output: the session leaves a GET's body to the caller's readinto (and reads
-        # a HEAD's empty one itself, which gives its connection back to the pool).
-        request = AWSRequest(method, self._prefix + percent_encode(key, safe="/~"),
+        # stream_output: the session leaves an object's body to the caller's readinto (and
+        # reads any other itself, which gives its connection back to the pool).
+        request = AWSRequest(method, url or self._prefix + percent_encode(key, safe="/~"),
                              headers={**self._headers, **headers},
-                             stream_output=method == "GET")
+                             stream_output=op == "GetObject")
         if self._region is not None:
             S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3",
                         self._region).add_auth(request)
@@ -403,17 +419,33 @@ class _Direct:
 
     @staticmethod
     def _error(op: str, method: str, response: AWSResponse) -> botocore.exceptions.ClientError:
-        code = message = ""
-        body = b"" if method == "HEAD" else response.raw.read()
-        with contextlib.suppress(ElementTree.ParseError):
-            if body:
-                root = ElementTree.fromstring(body)
-                code, message = root.findtext("Code") or "", root.findtext("Message") or ""
-        headers = dict(response.headers)
+        body = b"" if method == "HEAD" else response.content
+        code, message = _error_code(body)
         return botocore.exceptions.ClientError(
             {"Error": {"Code": code or str(response.status_code), "Message": message},
              "ResponseMetadata": {"HTTPStatusCode": response.status_code,
-                                  "HTTPHeaders": headers}}, op)
+                                  "HTTPHeaders": dict(response.headers)}}, op)
+
+    @staticmethod
+    def error_in(body: bytes, status: int, op: str) -> Exception:
+        """What a 200 whose body is not the expected result means: an S3 error document
+        (S3 may send one with 200: retried by its code) or a body cut short (retried)."""
+        code, message = _error_code(body)
+        if code:
+            return botocore.exceptions.ClientError(
+                {"Error": {"Code": code, "Message": message},
+                 "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+        return _ShortRead(f"{op}: the response body is not a complete result")
+
+
+def _error_code(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 error document; empty strings when it is not one."""
+    with contextlib.suppress(ElementTree.ParseError):
+        if body:
+            root = ElementTree.fromstring(body)
+            if root.tag.rsplit("}", 1)[-1] == "Error":
+                return root.findtext("Code") or "", root.findtext("Message") or ""
+    return "", ""
 
 
 class _EmptyBody:
@@ -497,6 +529,28 @@ class S3Store:
             kwargs["ContinuationToken"] = token
         if start_after:
             kwargs["StartAfter"] = start_after
+        if self._direct is not None and self._direct.lists:
+            params = {"prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
+            if delimiter:
+                params["delimiter"] = delimiter
+            if token:
+                params["continuation-token"] = token
+            if start_after:
+                params["start-after"] = start_after
+            direct = self._direct
+
+            def attempt() -> ListPage:
+                body = direct.list(params)
+                listed = _parse_list(body)
+                if listed is None:  # an error inside a 200, or a cut or truncated page
+                    raise _Direct.error_in(body, 200, "ListObjectsV2")
+                return listed
+
+            with _translated(f"LIST {prefix}"):
+                try:
+                    return self._retrier.call(attempt)
+                except _ShortRead as exc:
+                    raise StoreError(str(exc)) from exc
         response = self._call(f"LIST {prefix}", self._client.list_objects_v2, **kwargs)
         page = response.get(_PAGE)
         if isinstance(page, ListPage):

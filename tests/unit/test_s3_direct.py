@@ -111,3 +111,21 @@ def test_path_style_custom_endpoint():
     store._client.meta.events.register("before-send.s3", server)
     store.get_range("a/b", 0, 1, None)
     assert server.requests[0].url == "http://127.0.0.1:9/bkt/a/b"
+
+
+def test_a_listing_is_a_signed_get_of_the_bucket_url_with_botocores_query():
+    page = (b"<ListBucketResult><Contents><Key>p/a%2Bb</Key><Size>3</Size><ETag>\"e\"</ETag>"
+            b"</Contents><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+            b"<NextContinuationToken>t 2</NextContinuationToken></ListBucketResult>")
+    server = Server((200, {}, page))
+    store = S3Store("bkt", session(), endpoint_url="http://127.0.0.1:9", region="us-east-1",
+                    path_style=True)
+    store._client.meta.events.register("before-send.s3", server)
+    listed = store.list_page("p/ x", token="t 1", max_keys=7)
+    assert [o.key for o in listed.objects] == ["p/a+b"] and listed.next_token == "t 2"
+    url = server.requests[0].url
+    assert url.startswith("http://127.0.0.1:9/bkt?")
+    query = dict(item.split("=", 1) for item in url.split("?", 1)[1].split("&"))
+    assert query == {"list-type": "2", "prefix": "p%2F%20x", "max-keys": "7",
+                     "encoding-type": "url", "delimiter": "%2F", "continuation-token": "t%201"}
+    assert "AWS4-HMAC-SHA256" in server.headers(0)["authorization"]
