@@ -31,6 +31,7 @@ __all__ = ["FIRST_REQUEST", "MemoryBudget", "Prefetcher"]
 
 MiB = 1024 * 1024
 FIRST_REQUEST = 1 * MiB + 128 * 1024  # enough for the kernel's first 1 MiB read
+FIRST_PART = 128 * 1024  # a fresh stream's first GET when its first read is small
 
 
 @dataclass(eq=False)
@@ -175,6 +176,11 @@ class Prefetcher:
 
     def _part_size_at(self, need_until: int) -> int:
         size = min(self.part_size, self._window, self.size - self._next)
+        if not self._parts and need_until - self._next < FIRST_PART:
+            # A fresh stream's first read is small (the kernel starts with 16 KiB): answer
+            # it from a small GET and fetch the rest of the window behind it, rather than
+            # make the first byte wait for all of it (time to first byte).
+            size = min(size, FIRST_PART)
         if need_until > self._next:  # the reader waits on these bytes: one request
             size = max(size, min(need_until - self._next, self.part_size))
         return self._aligned(min(size, self.size - self._next))
