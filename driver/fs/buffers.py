@@ -9,13 +9,14 @@ A buffer is reused only when nothing else refers to it: the part that held it, a
 memoryview slice, or pyfuse3 replying with such a slice all hold references, and the pool
 checks the reference count before handing a buffer out (CPython counts every view's hold
 on its object). So giving a buffer back early is always safe; it is just not reused yet.
-The pool holds at most `limit` bytes and is emptied when no file is open for reading.
+The pool holds at most what `room()` allows (the memory budget's unused part) and is emptied when
+no file is open for reading.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 # getrefcount(free[i]) when only the free list holds the buffer: the list's reference and
@@ -24,8 +25,12 @@ _UNSHARED = 2
 
 
 class BufferPool:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    """`room()`: how many bytes the free lists may hold now. The mount passes what its
+    memory budget has left, so part data in use plus buffers kept for reuse stay within
+    the memory target (with four readers a fixed limit let RSS pass it by 120 MiB)."""
+
+    def __init__(self, room: int | Callable[[], int]) -> None:
+        self.room: Callable[[], int] = room if callable(room) else (lambda: room)
         self.held = 0  # bytes in the free lists
         self.reused = 0  # buffers handed out again (for tests and diagnostics)
         self._free: dict[int, list[bytearray]] = {}
@@ -39,13 +44,24 @@ class BufferPool:
                     self.held -= size
                     self.reused += 1
                     return free.pop(index)
+        self._trim()  # a fresh buffer is coming: what no longer fits goes back to the OS
         return bytearray(size)
+
+    def _trim(self) -> None:
+        room = self.room()
+        for size in list(self._free):
+            free = self._free[size]
+            while free and self.held > room:
+                free.pop()
+                self.held -= size
+            if not free:
+                del self._free[size]
 
     def give(self, buffer: object) -> None:
         """Offer a part's buffer for reuse (ignored unless it came from `take`)."""
         if not isinstance(buffer, bytearray) or not buffer:
             return
-        if self.held + len(buffer) > self.limit:
+        if self.held + len(buffer) > self.room():
             return  # over the limit: let it go back to the OS
         self._free.setdefault(len(buffer), []).append(buffer)
         self.held += len(buffer)

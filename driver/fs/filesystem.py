@@ -156,7 +156,7 @@ class Filesystem:
         self._nursery: trio.Nursery | None = None
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
-        self.buffers = BufferPool(self.budget.limit)
+        self.buffers = BufferPool(lambda: self.budget.limit - self.budget.used)
         self._readers = 0  # open read handles; the pool is emptied when none is left
         self.upload_options = UploadOptions(
             storage_class=options.storage_class, sse=options.sse,
