@@ -8,15 +8,18 @@ translated into the store's error family in `_translate`, the one place that doe
 Checksums of whole responses are off (`when_required`): ranged GETs are pinned by ETag
 instead, and uploads carry an explicit CRC32C per part when --upload-checksums=crc32c.
 
-ListObjectsV2 keeps botocore's signing, retries and error parsing, but a 200 response's
-body is parsed by `_parse_list` (ElementTree's C parser, far cheaper than botocore's
-shape-driven parser) in a `before-parse` handler, which then hands botocore an empty body:
+The hot requests (GetObject, HeadObject, ListObjectsV2) skip botocore's client pipeline:
+`_Direct` signs them with botocore's `S3SigV4Auth` and sends them on the client's own HTTP
+session (half the CPU per request; see its docstring). A listing's body is parsed by
+`_parse_list` (ElementTree's C parser, far cheaper than botocore's shape-driven one); an
+error document or a cut body inside a 200 is retried by its code. Keys are requested
+url-encoded (`encoding-type=url`, as botocore does by default) and decoded with botocore's
+own function. When the direct path cannot be set up (`_Direct.probe` found something it does
+not speak) these requests go through the client, whose ListObjectsV2 200 bodies are still
+parsed by `_parse_list` in a `before-parse` handler that hands botocore an empty body, so
 neither its parser nor its 200-error check (`_looks_like_special_case_error`, which parses
-every body a second time; `_before_parse` runs it for every other response) walks the 1,000
-entries again. A body that is not a well-formed
-ListBucketResult is left to botocore, so truncated or embedded-error 200s are still retried.
-Keys are requested url-encoded (`EncodingType=url`, as botocore does by default) and
-decoded here with botocore's own function.
+every body a second time; `_before_parse` runs it for every other response) walks the
+1,000 entries again.
 """
 
 from __future__ import annotations
@@ -312,7 +315,7 @@ def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
 
 
 class _Direct:
-    """GetObject and HeadObject without botocore's client pipeline, on the client's own parts.
+    """GetObject, HeadObject, ListObjectsV2 without botocore's client pipeline, on its parts.
 
     Why: a profile of small-file reads put ~55% of the FUSE server's samples in botocore's
     per-request pipeline (parameter validation, endpoint rules, the handler chain, response
@@ -325,8 +328,9 @@ class _Direct:
     session's. The client's `before-send` / `response-received` events are emitted for each
     request (the store metrics and the unit tests' stub servers hang on them), and a failure
     is raised as the `ClientError` botocore would raise, so `_translate` and `retryable`
-    remain the one error table. Everything else (PUT, multipart, copy, list, delete) stays
-    on the client.
+    remain the one error table. The listing's URL and query encoding are botocore's too (a
+    probe ListObjectsV2, never sent). Everything else (PUT, multipart, copy, delete) stays
+    on the client: those requests are few per byte moved.
     """
 
     PROBE_KEY = "cloudbucket-csi-probe"
