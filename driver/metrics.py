@@ -125,7 +125,8 @@ UPLOADS = _fuse(Counter, "uploads", "Uploads finished at close or fsync, by outc
 
 # -- credentials inside the FUSE server (driver/credentials/web_identity.py) ---------------
 CREDENTIAL_REFRESHES = _fuse(Counter, "credential_refreshes", "Credential refreshes attempted "
-                             "(STS exchanges of the pod token), failed ones included")
+                             "(STS exchanges of the pod token, Google token refreshes), "
+                             "failed ones included")
 CREDENTIAL_REFRESH_FAILURES = _fuse(Counter, "credential_refresh_failures", "Credential "
                                     "refreshes refused or failed")
 

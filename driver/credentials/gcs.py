@@ -22,6 +22,7 @@ import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 
+from driver import metrics
 from driver.credentials.source import Credentials, CredentialsError
 
 SCOPES = ["https://www.googleapis.com/auth/devstorage.full_control"]
@@ -47,10 +48,38 @@ def _external_account(info: dict[str, Any], credentials: Credentials,
         raise GcsCredentialsError(f"external_account credentials: {exc}") from None
 
 
+def _counted(found: google.auth.credentials.Credentials
+             ) -> google.auth.credentials.Credentials:
+    """Count every token refresh google-auth makes, and each one that fails, in the same
+    metrics as the STS exchanges of the S3 side (`web_identity.py`)."""
+    refresh = found.refresh
+
+    def counting_refresh(request: Any) -> None:
+        metrics.CREDENTIAL_REFRESHES.inc()
+        try:
+            refresh(request)
+        except google.auth.exceptions.GoogleAuthError:
+            metrics.CREDENTIAL_REFRESH_FAILURES.inc()
+            raise
+
+    found.refresh = counting_refresh  # type: ignore[method-assign]
+    return found
+
+
 def google_credentials(credentials: Credentials, credentials_file: str | None,
                        custom_endpoint: bool) -> tuple[google.auth.credentials.Credentials,
                                                        str | None]:
-    """(credentials, project) for a storage client; raises GcsCredentialsError."""
+    """(credentials, project) for a storage client, refreshes counted; raises
+    GcsCredentialsError."""
+    found, project = _google_credentials(credentials, credentials_file, custom_endpoint)
+    if isinstance(found, google.auth.credentials.AnonymousCredentials):
+        return found, project
+    return _counted(found), project
+
+
+def _google_credentials(credentials: Credentials, credentials_file: str | None,
+                        custom_endpoint: bool) -> tuple[google.auth.credentials.Credentials,
+                                                        str | None]:
     if credentials.kind == "gcs_service_account":
         try:
             info = json.loads(credentials.gcs_credentials_json)

@@ -179,3 +179,31 @@ def test_driver_identity_from_google_application_credentials(
     line = mounts.refused(gcs_bucket, None, ["--provider=gcs"], env={
         **_env(fake_gcs), "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
     assert "denied" in line
+
+
+def test_google_token_refreshes_and_their_failures_are_counted(issuer: OidcIssuer) -> None:
+    """The credential metrics count Google token exchanges as they count STS exchanges:
+    google-auth's own refresh against the local token endpoint, one accepted, one refused."""
+    import google.auth.exceptions
+    import google.auth.transport.requests
+
+    from driver import metrics
+    from driver.credentials.gcs import google_credentials
+
+    def counted() -> tuple[float, float]:
+        registry = metrics.FUSE_REGISTRY
+        return (registry.get_sample_value("cloudbucket_credential_refreshes_total") or 0.0,
+                registry.get_sample_value("cloudbucket_credential_refresh_failures_total")
+                or 0.0)
+
+    request = google.auth.transport.requests.Request()
+    good, _ = google_credentials(_service_account(issuer, trusted=True), None, False)
+    before = counted()
+    good.refresh(request)
+    assert good.token and counted() == (before[0] + 1, before[1])
+    remember(good.token)
+
+    bad, _ = google_credentials(_service_account(issuer, trusted=False), None, False)
+    with pytest.raises(google.auth.exceptions.RefreshError):
+        bad.refresh(request)
+    assert counted() == (before[0] + 2, before[1] + 1)
