@@ -524,23 +524,17 @@ class S3Store:
 
     def list_page(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
                   max_keys: int = 1000, start_after: str | None = None) -> ListPage:
-        # EncodingType given explicitly: botocore then leaves decoding to `_parse_list`.
-        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys, "EncodingType": "url",
-                                  **self._payer}
-        if delimiter:
-            kwargs["Delimiter"] = delimiter
-        if token:
-            kwargs["ContinuationToken"] = token
-        if start_after:
-            kwargs["StartAfter"] = start_after
+        # (botocore's name, the query's name, value); EncodingType given explicitly, so
+        # botocore too leaves decoding to `_parse_list`.
+        asked = [("Prefix", "prefix", prefix), ("MaxKeys", "max-keys", max_keys),
+                 ("EncodingType", "encoding-type", "url"), ("Delimiter", "delimiter", delimiter),
+                 ("ContinuationToken", "continuation-token", token),
+                 ("StartAfter", "start-after", start_after)]
+        asked = [(name, query, value) for name, query, value in asked
+                 if value or name in ("Prefix", "MaxKeys")]
+        kwargs: dict[str, Any] = {name: value for name, _, value in asked} | self._payer
         if self._direct is not None and self._direct.lists:
-            params = {"prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
-            if delimiter:
-                params["delimiter"] = delimiter
-            if token:
-                params["continuation-token"] = token
-            if start_after:
-                params["start-after"] = start_after
+            params = {query: str(value) for _, query, value in asked}
             direct = self._direct
 
             def attempt() -> ListPage:
