@@ -24,6 +24,7 @@ STORE_ERRNO: dict[type[store.StoreError], int] = {
     store.PreconditionFailed: errno.EIO,  # the object changed under an open file
     store.EndpointUnreachable: errno.EIO,
     store.InvalidRequest: errno.EIO,
+    store.IncompleteResponse: errno.EIO,  # the retries ran out mid-body
     store.StoreError: errno.EIO,
 }
 

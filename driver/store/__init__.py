@@ -4,6 +4,7 @@ from driver.store.base import (
     AccessDenied,
     BucketNotFound,
     EndpointUnreachable,
+    IncompleteResponse,
     InvalidRequest,
     ListPage,
     NotFound,
@@ -15,6 +16,7 @@ from driver.store.base import (
 )
 
 __all__ = [
-    "AccessDenied", "BucketNotFound", "EndpointUnreachable", "InvalidRequest", "ListPage",
+    "AccessDenied", "BucketNotFound", "EndpointUnreachable", "IncompleteResponse", "InvalidRequest",
+    "ListPage",
     "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed", "StoreError", "UploadOptions",
 ]

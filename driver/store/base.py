@@ -50,6 +50,12 @@ class InvalidRequest(StoreError):
     """The store rejected the request as malformed (e.g. part too small)."""
 
 
+class IncompleteResponse(StoreError):
+    """A response ended before the bytes asked for, or is not a whole result. Both stores
+    retry it (a GET resumes from the first missing byte); when the attempts run out it is
+    the operation's error as it stands."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str

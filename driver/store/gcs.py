@@ -54,6 +54,7 @@ from driver.store.base import (
     AccessDenied,
     BucketNotFound,
     EndpointUnreachable,
+    IncompleteResponse,
     InvalidRequest,
     ListPage,
     NotFound,
@@ -79,11 +80,7 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, requests.ConnectionError | requests.Timeout |
                       requests.exceptions.ChunkedEncodingError |
                       google.auth.exceptions.TransportError | urllib3.exceptions.HTTPError |
-                      ConnectionError | _ShortRead)
-
-
-class _ShortRead(Exception):
-    """A body ended before the bytes asked for: resume from where it stopped."""
+                      ConnectionError | IncompleteResponse)
 
 
 def _translate(exc: BaseException, what: str) -> StoreError:
@@ -114,7 +111,7 @@ def _translate(exc: BaseException, what: str) -> StoreError:
 
 
 _ERRORS = (gexc.GoogleAPICallError, google.auth.exceptions.GoogleAuthError,
-           requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, _ShortRead)
+           requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError)
 
 
 @contextlib.contextmanager
@@ -239,13 +236,11 @@ class GcsStore:
                     int(blob.generation) != generation:
                 raise PreconditionFailed(f"GET {key}: object changed since open")
             if sink.tell() < end - start:
-                raise _ShortRead(f"GET {key}: body ended at {start + sink.tell()} of {end}")
+                raise IncompleteResponse(
+                    f"GET {key}: body ended at {start + sink.tell()} of {end}")
 
         with _translated(f"GET {key}"):
-            try:
-                self._retrier.call(attempt)
-            except _ShortRead as exc:
-                raise StoreError(str(exc)) from exc
+            self._retrier.call(attempt)
         data = sink.getvalue()
         if len(data) != end - start:
             raise StoreError(f"GET {key}: read {len(data)} of {end - start} bytes")

@@ -53,6 +53,7 @@ from driver.store.base import (
     AccessDenied,
     BucketNotFound,
     EndpointUnreachable,
+    IncompleteResponse,
     InvalidRequest,
     ListPage,
     NotFound,
@@ -74,10 +75,6 @@ _RETRY_CODES = {
 }
 
 
-class _ShortRead(Exception):
-    """A body ended before the bytes asked for: resume from where it stopped."""
-
-
 def retryable(exc: BaseException) -> bool:
     """A failed attempt worth repeating: throttling, 5xx, a connection or body cut."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -88,7 +85,7 @@ def retryable(exc: BaseException) -> bool:
                       | botocore.exceptions.ConnectionError
                       | botocore.exceptions.IncompleteReadError
                       | botocore.exceptions.ResponseStreamingError
-                      | _ShortRead)
+                      | IncompleteResponse)
 MiB = 1024 * 1024
 MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger objects are copied part by part
 COPY_PART = 1024 * MiB  # part size of a multipart copy (at most 10,000 parts: 10 TiB)
@@ -431,15 +428,15 @@ class _Direct:
                                   "HTTPHeaders": dict(response.headers)}}, op)
 
     @staticmethod
-    def error_in(body: bytes, status: int, op: str) -> Exception:
+    def error_in(body: bytes, op: str) -> Exception:
         """What a 200 whose body is not the expected result means: an S3 error document
         (S3 may send one with 200: retried by its code) or a body cut short (retried)."""
         code, message = _error_code(body)
         if code:
             return botocore.exceptions.ClientError(
                 {"Error": {"Code": code, "Message": message},
-                 "ResponseMetadata": {"HTTPStatusCode": status}}, op)
-        return _ShortRead(f"{op}: the response body is not a complete result")
+                 "ResponseMetadata": {"HTTPStatusCode": 200}}, op)
+        return IncompleteResponse(f"{op}: the response body is not a complete result")
 
 
 def _error_code(body: bytes) -> tuple[str, str]:
@@ -541,14 +538,11 @@ class S3Store:
                 body = direct.list(params)
                 listed = _parse_list(body)
                 if listed is None:  # an error inside a 200, or a cut or truncated page
-                    raise _Direct.error_in(body, 200, "ListObjectsV2")
+                    raise _Direct.error_in(body, "ListObjectsV2")
                 return listed
 
             with _translated(f"LIST {prefix}"):
-                try:
-                    return self._retrier.call(attempt)
-                except _ShortRead as exc:
-                    raise StoreError(str(exc)) from exc
+                return self._retrier.call(attempt)
         response = self._call(f"LIST {prefix}", self._client.list_objects_v2, **kwargs)
         page = response.get(_PAGE)
         if isinstance(page, ListPage):
@@ -624,13 +618,10 @@ class S3Store:
             finally:
                 body.close()
             if filled < end - start:
-                raise _ShortRead(f"GET {key}: body ended at {start + filled} of {end}")
+                raise IncompleteResponse(f"GET {key}: body ended at {start + filled} of {end}")
 
         with _translated(f"GET {key}"):
-            try:
-                self._retrier.call(attempt)
-            except _ShortRead as exc:
-                raise StoreError(str(exc)) from exc
+            self._retrier.call(attempt)
 
     def _object_kwargs(self, options: UploadOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._payer)
