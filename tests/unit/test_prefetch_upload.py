@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import random
+from collections.abc import Callable
 from functools import partial
 
 import pytest
@@ -31,6 +32,21 @@ def _prefetcher(nursery, store, key, budget, **kwargs):
         return await _run_sync(store.get_range, key, start, end, etag)
 
     return Prefetcher(fetch, len(data), nursery.start_soon, budget, **kwargs)
+
+
+def _record_fetches(pre: Prefetcher, fetched: list[tuple[int, int]],
+                    hold: Callable[[int], trio.Event | None]) -> None:
+    """Wrap `pre`'s fetch: record each (start, end), and first wait on `hold(start)`."""
+    inner = pre._fetch
+
+    async def recorded(start: int, end: int):
+        fetched.append((start, end))
+        event = hold(start)
+        if event is not None:
+            await event.wait()
+        return await inner(start, end)
+
+    pre._fetch = recorded
 
 
 def test_sequential_read_grows_window_and_stays_in_budget():
@@ -234,15 +250,8 @@ def test_a_read_finishing_after_a_reset_does_not_drag_the_new_stream_forward():
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
-            inner = pre._fetch
-
-            async def gated(start: int, end: int) -> bytes:
-                fetched.append((start, end))
-                if start == 40 * MiB:  # the old stream's read waits until the new one began
-                    await released.wait()
-                return await inner(start, end)
-
-            pre._fetch = gated
+            # The old stream's read waits until the new one began.
+            _record_fetches(pre, fetched, lambda start: released if start == 40 * MiB else None)
 
             async def old_read() -> None:
                 got = await pre.read(40 * MiB, 256 * 1024)
@@ -276,14 +285,8 @@ def test_reads_arriving_out_of_order_fill_the_hole_instead_of_restarting():
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
-            inner = pre._fetch
-
-            async def gated(start: int, end: int) -> bytes:
-                fetched.append((start, end))
-                await arrived.wait()  # nothing comes back until every read was sent
-                return await inner(start, end)
-
-            pre._fetch = gated
+            # Nothing comes back until every read was sent.
+            _record_fetches(pre, fetched, lambda start: arrived)
             stream = pre._stream
 
             async def read(index: int) -> None:
