@@ -178,15 +178,22 @@ class Filesystem:
         self._nursery = nursery
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        metadata = getattr(fn, "__name__", "") in ("head", "list_page")
-        return await threads.run_sync(partial(fn, *args),
-                                      self._meta_limiter if metadata else self._limiter)
+        return await threads.run_sync(partial(fn, *args), self._limiter)
 
-    async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _store(self, fn: Callable[..., Any], *args: Any,
+                     limiter: trio.CapacityLimiter | None = None) -> Any:
         try:
-            return await self.run_sync(fn, *args)
+            return await threads.run_sync(partial(fn, *args), limiter or self._limiter)
         except StoreError as exc:
             raise from_store(exc) from exc
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        return await self._store(self.store.head, key, limiter=self._meta_limiter)
+
+    async def _list(self, prefix: str, delimiter: str | None, token: str | None,
+                    max_keys: int = 1000) -> ListPage:
+        return await self._store(self.store.list_page, prefix, delimiter, token, max_keys,
+                                 limiter=self._meta_limiter)
 
     def _inode(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
@@ -252,11 +259,11 @@ class Filesystem:
 
         async def do_head() -> None:
             nonlocal head
-            head = await self._store(self.store.head, key)
+            head = await self._head(key)
 
         async def do_list() -> None:
             nonlocal beneath
-            beneath = await self._store(self.store.list_page, key + "/", "/", None, 1)
+            beneath = await self._list(key + "/", "/", None, 1)
 
         try:
             async with trio.open_nursery() as race:
@@ -302,8 +309,7 @@ class Filesystem:
             return parent.listing if fresh else None
         done = self._listing_inflight[parent.ino] = trio.Event()
         try:
-            page = await self._store(self.store.list_page, parent.key, "/", None,
-                                     LISTING_CACHE_MAX)
+            page = await self._list(parent.key, "/", None, LISTING_CACHE_MAX)
         finally:
             del self._listing_inflight[parent.ino]
             done.set()
@@ -330,7 +336,7 @@ class Filesystem:
         inode = self._inode(ino)
         if not inode.is_dir and not self._fresh(inode) and inode.writer is None \
                 and not inode.unlinked:
-            info = await self._store(self.store.head, inode.key)
+            info = await self._head(inode.key)
             if info is None:
                 raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
             inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
@@ -411,7 +417,7 @@ class Filesystem:
             assert ahead.page is not None
             page = ahead.page
         else:
-            page = await self._store(self.store.list_page, parent.key, "/", handle.token)
+            page = await self._list(parent.key, "/", handle.token)
         handle.token = page.next_token
         if handle.token is not None and self._nursery is not None:
             # Request the next page now: the kernel takes this one in many small readdirs.
@@ -446,7 +452,7 @@ class Filesystem:
 
     async def _list_ahead(self, key: str, ahead: PageAhead) -> None:
         try:
-            ahead.page = await self._store(self.store.list_page, key, "/", ahead.token)
+            ahead.page = await self._list(key, "/", ahead.token)
         except Exception as exc:  # noqa: BLE001 - delivered to the readdir that wants the page
             ahead.error = exc
         finally:
@@ -504,7 +510,7 @@ class Filesystem:
         if any(not child.unlinked for child in self.inodes.children(inode.ino)
                if child.local or child.writer is not None):
             raise FsError(errno.ENOTEMPTY)
-        page = await self._store(self.store.list_page, inode.key, "/", None, 1)
+        page = await self._list(inode.key, "/", None, 1)
         if page.objects or page.prefixes:
             raise FsError(errno.ENOTEMPTY, f"{inode.key} has objects under it")
         if not inode.local:
@@ -532,7 +538,7 @@ class Filesystem:
             if inode.writer is not None:
                 raise FsError(errno.EBUSY, f"{inode.key} is being written")
             if not self._fresh(inode) or inode.etag is None:
-                info = await self._store(self.store.head, inode.key)
+                info = await self._head(inode.key)
                 if info is None:
                     raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
                 inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
@@ -605,7 +611,7 @@ class Filesystem:
     async def _start_append(self, inode: Inode) -> Upload:
         """--incremental-upload: the object as it is now is the upload's committed start;
         the Upload copies it in as its first part(s) at the first write."""
-        info = await self._store(self.store.head, inode.key)
+        info = await self._head(inode.key)
         if info is None:
             raise FsError(errno.ENOENT, f"{inode.key} no longer exists")
         inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
@@ -851,7 +857,7 @@ class Filesystem:
             if any(not child.unlinked for child in self.inodes.children(target.ino)
                    if child.local or child.writer is not None):
                 raise FsError(errno.ENOTEMPTY)
-            page = await self._store(self.store.list_page, target.key, "/", None, 1)
+            page = await self._list(target.key, "/", None, 1)
             if page.objects or page.prefixes:
                 raise FsError(errno.ENOTEMPTY, f"{target.key} has objects under it")
         if any(inode.writer is not None for inode in self.inodes.descendants(source)):
@@ -860,7 +866,7 @@ class Filesystem:
         objects: list[ObjectInfo] = []
         token: str | None = None
         while True:  # every object beneath, counted before anything moves
-            page = await self._store(self.store.list_page, source.key, None, token)
+            page = await self._list(source.key, None, token)
             objects += page.objects
             if len(objects) > limit:
                 log.error("rename: directory has more objects than --rename-dir-limit; "
