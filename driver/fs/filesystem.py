@@ -54,7 +54,7 @@ import trio
 
 from driver import metrics
 from driver.fs import threads
-from driver.fs.buffers import BufferPool
+from driver.fs.buffers import Buffer, BufferPool
 from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
@@ -564,7 +564,7 @@ class Filesystem:
         assert self._nursery is not None
         get_into = getattr(self.store, "get_range_into", None)  # optional (S3Store has it)
 
-        async def fetch(start: int, end: int) -> bytes | bytearray:
+        async def fetch(start: int, end: int) -> bytes | Buffer:
             # The pin is read at each request: a rename may have moved it.
             if get_into is None:
                 return await self._store(self.store.get_range, pin.key, start, end, pin.etag)

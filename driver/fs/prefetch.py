@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from driver import metrics
-from driver.fs.buffers import Blocks, views
+from driver.fs.buffers import PartData, views
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
 
@@ -39,21 +39,21 @@ class _Part:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | bytearray | memoryview | Blocks = b""
+    data: PartData = b""
     error: BaseException | None = None
     dropped: bool = False
 
 
 _FETCHED, _USED, _RESETS = (metrics.PREFETCH_BYTES, metrics.PREFETCH_USED_BYTES,
                             metrics.PREFETCH_RESETS)
-Fetch = Callable[[int, int], Awaitable[bytes | bytearray | memoryview | Blocks]]
+Fetch = Callable[[int, int], Awaitable[PartData]]
 
 
 class Prefetcher:
     def __init__(self, fetch: Fetch, size: int, spawn: Callable[..., None],
                  budget: MemoryBudget, part_size: int = 16 * MiB, max_parallel: int = 4,
                  keep_behind: int = 32 * MiB,
-                 recycle: Callable[[bytes | bytearray | memoryview | Blocks], None] | None = None,
+                 recycle: Callable[[PartData], None] | None = None,
                  align: int = 1, budget_timeout: float = math.inf) -> None:
         self._fetch = fetch
         self._recycle = recycle  # takes the data of dropped parts (a BufferPool's give)
@@ -100,9 +100,9 @@ class Prefetcher:
         self._schedule(end)
         stream = self._stream
         pieces: list[memoryview] = []
-        for part in list(self._parts):
-            if part.end <= offset or part.start >= end:
-                continue
+        # Only the parts this read needs: a waiting read that held every part would keep
+        # the buffers of parts evicted meanwhile from being reused (half came fresh).
+        for part in [p for p in self._parts if p.end > offset and p.start < end]:
             await part.done.wait()
             if part.error is not None:
                 self._reset(self._next)  # the next read starts a fresh stream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 
@@ -44,6 +45,22 @@ def test_a_free_buffer_is_reused_and_a_viewed_one_is_not() -> None:
     third = pool.take(MiB)
     assert pool.reused == 1 and pool.held == 0
     assert len(third) == MiB and len(second) == MiB
+
+
+def test_a_large_buffer_is_a_mapping_zero_until_written_and_reused_the_same_way() -> None:
+    pool = BufferPool(64 * MiB)
+    first = pool.take(16 * MiB)
+    assert isinstance(first, mmap.mmap) and len(first) == 16 * MiB
+    assert first[:4096] == bytes(4096) and first[-1] == 0
+    memoryview(first)[5:8] = b"abc"  # what readinto does
+    view = memoryview(first)[:10]
+    pool.give(first)
+    del first
+    assert pool.take(16 * MiB) is not view.obj and pool.reused == 0
+    viewed = id(view.obj)
+    view.release()
+    assert id(pool.take(16 * MiB)) == viewed and pool.reused == 1
+    assert isinstance(pool.take(MiB), bytearray)  # small ones stay with malloc
 
 
 def test_limit_sizes_and_clear() -> None:
