@@ -19,9 +19,11 @@ from driver.store.base import (
     NotFound,
     ObjectInfo,
     PartResult,
+    Payload,
     PreconditionFailed,
     StoreError,
     UploadOptions,
+    joined,
 )
 
 
@@ -111,11 +113,12 @@ class MemoryStore:
         self.initiated[upload_id] = time.time()
         return upload_id
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+    def upload_part(self, key: str, upload_id: str, number: int, data: Payload,
                     options: UploadOptions) -> PartResult:
         self._op("upload_part")
-        self.uploads[upload_id][1][number] = bytes(data)
-        return PartResult(number, self._etag(bytes(data)))
+        body = bytes(joined(data))
+        self.uploads[upload_id][1][number] = body
+        return PartResult(number, self._etag(body))
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                          start: int, end: int, source_etag: str) -> PartResult:

@@ -32,7 +32,13 @@ import trio
 from driver import metrics
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
-from driver.store.base import ObjectStore, PartResult, StoreError, UploadOptions
+from driver.store.base import (
+    ObjectStore,
+    PartResult,
+    StoreError,
+    UploadOptions,
+    payload_size,
+)
 
 log = structlog.get_logger()
 MiB = 1024 * 1024
@@ -58,7 +64,7 @@ class Upload:
         self.etag: str | None = None  # of the last committed version
         self.committed_size = 0
         # What the writer sent since the last part, as it came (pyfuse3's own bytes): a part is
-        # assembled with one join, the only copy between the kernel's data and the request.
+        # handed to the store as these pieces, which S3 sends as they are (no join copy).
         self._chunks: list[bytes | memoryview] = []
         self._buffered = 0
         self._upload_id: str | None = None
@@ -150,16 +156,11 @@ class Upload:
         if self._budget is not None:
             self._budget.release(size, prefetch=False)
 
-    def _take(self) -> bytes:
-        """Everything buffered, as one bytes object (the one copy of a part)."""
+    def _take(self) -> list[bytes | memoryview]:
+        """Everything buffered, as the writes that brought it."""
         chunks = self._chunks
         self._chunks, self._buffered = [], 0
-        if len(chunks) == 1:
-            only = chunks[0]
-            if isinstance(only, memoryview) and isinstance(only.obj, bytes) \
-                    and len(only) == len(only.obj):
-                return only.obj  # one whole write of exactly a part: no copy at all
-        return b"".join(chunks)
+        return chunks
 
     async def _ensure_upload(self) -> str:
         if self._upload_id is None:
@@ -192,9 +193,10 @@ class Upload:
             await self.abort()
             raise FsError(errno.EIO, f"upload of {self.key} failed: {exc}") from exc
 
-    async def _send(self, chunk: bytes) -> None:
-        """Send `chunk` (just cut from the buffer) as the next part; its charge moves to it."""
-        charge = min(len(chunk), self._charged)
+    async def _send(self, part: list[bytes | memoryview]) -> None:
+        """Send `part` (just cut from the buffer) as the next part; its charge moves to it."""
+        size = payload_size(part)
+        charge = min(size, self._charged)
         self._charged -= charge
         try:
             upload_id = await self._ensure_upload()
@@ -207,7 +209,7 @@ class Upload:
                 self._slots.release()
                 raise
         except BaseException:
-            _HELD.dec(len(chunk))
+            _HELD.dec(size)
             if self._budget is not None:
                 self._budget.release(charge, prefetch=False)
             raise
@@ -215,13 +217,13 @@ class Upload:
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         assert self._nursery is not None
-        self._nursery.start_soon(self._send_part, upload_id, number, chunk, charge)
+        self._nursery.start_soon(self._send_part, upload_id, number, part, size, charge)
 
-    async def _send_part(self, upload_id: str, number: int, chunk: bytes,
-                         charge: int = 0) -> None:
+    async def _send_part(self, upload_id: str, number: int, part: list[bytes | memoryview],
+                         size: int, charge: int = 0) -> None:
         try:
             result = await self._run_sync(self.store.upload_part, self.key, upload_id, number,
-                                          chunk, self.options)
+                                          part, self.options)
             self._parts.append(result)
         except BaseException as exc:  # noqa: BLE001 - reported to the writer
             if self._error is None:
@@ -231,7 +233,7 @@ class Upload:
             if self._budget is not None and charge:
                 self._budget.release(charge, prefetch=False)
             _PARTS.dec()
-            _HELD.dec(len(chunk))
+            _HELD.dec(size)
             self._inflight -= 1
             self._slots.release()
             if self._inflight == 0:
@@ -257,7 +259,7 @@ class Upload:
             assert self.etag is not None
             return self.etag
         if self._upload_id is None:
-            data = self._take()
+            data = b"".join(self._take())  # small (under a part): one PutObject
             try:
                 self.etag = await self._store_call(self.store.put, self.key, data,
                                                    self.options)

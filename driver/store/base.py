@@ -80,6 +80,22 @@ class UploadOptions:
     content_type: str | None = None  # None: the store's default (binary)
 
 
+Payload = bytes | memoryview | Sequence[bytes | memoryview]
+"""A part's bytes; a sequence holds the writes that made it, in order, never joined where the
+store can send them as they are (S3's direct path; a join is an 8 MiB copy per part)."""
+
+
+def payload_size(data: Payload) -> int:
+    return len(data) if isinstance(data, bytes | memoryview) else sum(map(len, data))
+
+
+def joined(data: Payload) -> bytes | memoryview:
+    """The payload as one buffer (a copy only when it is several)."""
+    if isinstance(data, bytes | memoryview):
+        return data
+    return data[0] if len(data) == 1 else b"".join(data)
+
+
 @dataclass(frozen=True, slots=True)
 class PartResult:
     number: int
@@ -113,7 +129,7 @@ class ObjectStore(Protocol):
     def create_upload(self, key: str, options: UploadOptions) -> str:
         """Start a multipart upload; return its id."""
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+    def upload_part(self, key: str, upload_id: str, number: int, data: Payload,
                     options: UploadOptions) -> PartResult: ...
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,

@@ -60,9 +60,11 @@ from driver.store.base import (
     NotFound,
     ObjectInfo,
     PartResult,
+    Payload,
     PreconditionFailed,
     StoreError,
     UploadOptions,
+    joined,
 )
 from driver.store.observe import instrument_gcs
 from driver.store.retry import Attempts, Retrier, SuspectUploads, Timeouts
@@ -288,10 +290,11 @@ class GcsStore:
         """Abort `key`'s uploads created since `since` if a create of `key` failed."""
         return self._suspects.reconcile(key, since, self._markers, self.abort_upload)
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes | memoryview,
+    def upload_part(self, key: str, upload_id: str, number: int, data: Payload,
                     options: UploadOptions) -> PartResult:
-        blob = self._upload(self._part_name(upload_id, number), data, options)
-        return PartResult(number, str(blob.generation), blob.crc32c, len(data))
+        body = joined(data)
+        blob = self._upload(self._part_name(upload_id, number), body, options)
+        return PartResult(number, str(blob.generation), blob.crc32c, len(body))
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                          start: int, end: int, source_etag: str) -> PartResult:

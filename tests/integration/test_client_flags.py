@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -84,6 +85,7 @@ def test_no_sign_request_reads_a_public_bucket_without_credentials(public_seawee
 
 def test_ca_bundle_reaches_a_tls_endpoint_with_a_private_ca(seaweed, s3, bucket, tmp_path):
     s3.put_object(Bucket=bucket, Key="hello.txt", Body=b"over TLS")
+    big = random.Random(7).randbytes(20 * 1024 * 1024 + 5)  # three 8 MiB parts
     env = {**os.environ, **seaweed.credential_env()}
     with TlsProxy(seaweed.port, tmp_path) as proxy:
         endpoint = f"--endpoint-url={proxy.endpoint}"
@@ -102,10 +104,14 @@ def test_ca_bundle_reaches_a_tls_endpoint_with_a_private_ca(seaweed, s3, bucket,
             try:
                 assert (target / "hello.txt").read_bytes() == b"over TLS"
                 (target / f"written-{name}.txt").write_bytes(b"through the proxy")
+                if name == "file":  # multipart over TLS: parts go UNSIGNED-PAYLOAD + CRC32C
+                    (target / "parts.bin").write_bytes(big)
             finally:
                 mnt.close()
             body = s3.get_object(Bucket=bucket, Key=f"written-{name}.txt")["Body"].read()
             assert body == b"through the proxy"
+    assert s3.get_object(Bucket=bucket, Key="parts.bin")["Body"].read() == big
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 0
 
 
 def test_log_metrics_logs_request_counts(s3, bucket, mount):

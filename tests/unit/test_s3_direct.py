@@ -3,13 +3,15 @@ the wire is what the client would send, and failures mean what they meant throug
 
 from __future__ import annotations
 
+import hashlib
+
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from driver.store.base import AccessDenied, NotFound, PreconditionFailed
+from driver.store.base import AccessDenied, NotFound, PartResult, PreconditionFailed, UploadOptions
 from driver.store.retry import Timeouts
-from driver.store.s3 import ClientSettings, S3Store
+from driver.store.s3 import ClientSettings, S3Store, crc32c_b64
 from tests.unit.test_s3_fast_list import _Raw
 from tests.unit.test_store_settings import session, text
 
@@ -129,3 +131,46 @@ def test_a_listing_is_a_signed_get_of_the_bucket_url_with_botocores_query():
     assert query == {"list-type": "2", "prefix": "p%2F%20x", "max-keys": "7",
                      "encoding-type": "url", "delimiter": "%2F", "continuation-token": "t%201"}
     assert "AWS4-HMAC-SHA256" in server.headers(0)["authorization"]
+
+
+PIECES = [b"ab", memoryview(b"zcdef")[1:], b"x"]  # writes as Upload hands them over
+
+
+def test_a_part_is_sent_as_its_pieces_with_its_checksum_and_unsigned_only_over_tls():
+    server = Server((200, {"ETag": '"p3"'}, b""))
+    store = _store(server)
+    result = store.upload_part("dir/k", "up 1", 3, PIECES, UploadOptions(checksum="crc32c"))
+    assert result == PartResult(3, '"p3"', crc32c_b64(b"abcdefx"), 7)
+    request = server.requests[0]
+    assert request.method == "PUT"
+    assert request.url == ("https://bkt.s3.eu-west-3.amazonaws.com/dir/k"
+                           "?partNumber=3&uploadId=up%201")
+    assert [bytes(piece) for piece in request.body] == [b"ab", b"cdef", b"x"]  # not joined
+    headers = server.headers(0)
+    assert headers["content-length"] == "7"
+    assert headers["x-amz-checksum-crc32c"] == crc32c_b64(b"abcdefx")
+    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"  # TLS + CRC32C, as botocore
+    assert "x-amz-content-sha256" in headers["authorization"]
+
+
+@pytest.mark.parametrize("endpoint, checksum", [("http://127.0.0.1:9", "crc32c"),
+                                                 (None, None)])
+def test_a_part_is_signed_with_the_hash_of_its_pieces_over_http_or_without_a_checksum(
+        endpoint, checksum):
+    server = Server((200, {"ETag": '"p1"'}, b""))
+    store = _store(server, endpoint_url=endpoint) if endpoint else _store(server)
+    store.upload_part("k", "u", 1, PIECES, UploadOptions(checksum=checksum))
+    headers = server.headers(0)
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(b"abcdefx").hexdigest()
+    assert ("x-amz-checksum-crc32c" in headers) == (checksum is not None)
+
+
+def test_a_part_upload_is_retried_and_its_failures_keep_their_meaning():
+    server = Server((500, {}, _error("InternalError")), (200, {"ETag": '"p"'}, b""))
+    store = _store(server)
+    assert store.upload_part("k", "u", 1, PIECES, UploadOptions()).etag == '"p"'
+    assert len(server.requests) == 2
+    assert [bytes(p) for p in server.requests[1].body] == [b"ab", b"cdef", b"x"]  # resent whole
+    with pytest.raises(NotFound, match="NoSuchUpload"):
+        _store(Server((404, {}, _error("NoSuchUpload")))).upload_part(
+            "k", "u", 1, PIECES, UploadOptions())
