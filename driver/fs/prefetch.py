@@ -125,10 +125,13 @@ class Prefetcher:
     def _position(self, offset: int, end: int) -> None:
         """Keep, move or restart the stream for a read of [offset, end)."""
         reach = self._covered_until(offset)
-        if reach < end and self._parts and self._parts[0].start <= reach < self._next:
-            # A hole that a short skip left inside the stream: the kernel's concurrent
+        if reach < end and self._parts and self._stream_start <= reach < self._next and \
+                reach >= self._parts[0].start - self.part_size:
+            # A hole that a short skip left inside the stream, or just before its first part
+            # (the parts before it were evicted or shed): the kernel's concurrent
             # read-ahead requests arrive out of order, so the skipped bytes are usually
-            # asked for a moment later. Fill the hole; restarting would refetch the stream.
+            # asked for a moment later. Fill the hole; restarting would refetch the stream
+            # (four readers sharing the budget fetched 1.19x what they read).
             self._fill_hole(reach, max(end, reach + self._window))
         elif reach == offset and offset != self._next:
             if self._parts and self._next < offset <= self._next + self.part_size:

@@ -306,3 +306,43 @@ def test_reads_arriving_out_of_order_fill_the_hole_instead_of_restarting():
 
     trio.run(main)
     assert sum(end - start for start, end in fetched) == size, sorted(fetched)
+
+
+def test_a_late_read_just_before_the_first_kept_part_fills_the_gap_instead_of_restarting():
+    """Four readers sharing the budget fetched 1.19x what they read: parts shed for another
+    reader or evicted behind the reader left a gap before the first kept part, and the
+    kernel's late read-ahead request into that gap restarted the stream (traced: a read at
+    22 MiB with parts only at [29, 45) MiB)."""
+    store = MemoryStore()
+    store.objects["k"] = data = random.Random(6).randbytes(32 * MiB)
+    budget = MemoryBudget(128 * MiB)
+    fetched: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=2 * MiB, keep_behind=0)
+            _record_fetches(pre, fetched, lambda start: None)
+
+            async def read(offset: int) -> None:
+                got = await pre.read(offset, MiB)
+                assert bytes(got) == data[offset:offset + MiB]
+
+            for index in range(8):
+                await read(index * MiB)
+            await trio.testing.wait_all_tasks_blocked()
+            pre.shed()  # another reader waits: the far read-ahead goes
+            gap = pre._next
+            stream = pre._stream
+            await read(gap + MiB)  # the kernel's reads arrive out of order
+            assert pre._parts[0].start > gap  # everything before it evicted
+            await trio.testing.wait_all_tasks_blocked()  # its read-ahead is on its way
+            fetched.clear()
+            ahead = pre._next
+            await read(gap)  # the late one
+            assert pre._stream == stream, "restarted"
+            # The gap, and read-ahead beyond what was already requested: nothing twice.
+            assert fetched[-1] == (gap, gap + MiB), fetched
+            assert all(start >= ahead for start, _ in fetched[:-1]), fetched
+            pre.close()
+
+    trio.run(main)
