@@ -4,10 +4,11 @@ Every fresh 16 MiB `bytes` is a new mmap (glibc's threshold is kept at 1 MiB so 
 back to the OS) whose pages fault in one by one as the socket data is copied in; on this
 machine that costs more CPU than the copy itself. A `BufferPool` keeps buffers of dropped
 parts and hands them to the next GET of the same size, which fills them with `readinto`.
-A fresh buffer is an anonymous mmap asking for transparent huge pages: a `bytearray` of the
-same size is zero-filled under the GIL (14% of the FUSE server's GIL samples on a cold
-sequential read), 4 KiB page by page, while an mmap's pages are zeroed by the kernel when
-the socket's `recv_into` first touches them, with the GIL released, 2 MiB at a time.
+A fresh buffer is an anonymous mmap: a `bytearray` of the same size is zero-filled under
+the GIL (14% of the FUSE server's GIL samples on a cold sequential read), while an mmap's
+pages are zeroed by the kernel when the socket's `recv_into` first touches them, with the
+GIL released. It asks for transparent huge pages too (fewer faults where the kernel grants
+them; the test machine's does not: its AnonHugePages stay 0).
 
 A buffer is reused only when nothing else refers to it: the part that held it, a reader's
 memoryview slice, or pyfuse3 replying with such a slice all hold references, and the pool

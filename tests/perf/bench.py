@@ -267,6 +267,7 @@ class PageCache:
         self.problem: str | None = None
 
     def drop(self) -> None:
+        os.sync()  # dirty pages (seeded or written objects) go to disk now, not during a run
         if self.problem:
             return
         try:
@@ -274,6 +275,37 @@ class PageCache:
         except OSError as exc:
             self.problem = f"page cache not dropped between runs: {exc.strerror}"
             log(f"bench: warning: {self.problem}")
+
+
+def cpu_busy(before: list[int], after: list[int]) -> float:
+    """Busy fraction of all CPUs between two /proc/stat "cpu" lines' counters (idle and
+    iowait count as not busy)."""
+    total = sum(after) - sum(before)
+    idle = sum(after[3:5]) - sum(before[3:5])
+    return 1.0 - idle / total if total > 0 else 0.0
+
+
+def _cpu_counters() -> list[int]:
+    with open("/proc/stat") as stat:
+        return [int(field) for field in stat.readline().split()[1:]]
+
+
+def settle(quiet: float = 0.1, seconds: int = 3, timeout: float = 180.0) -> float | None:
+    """Wait until the machine is idle (busy < `quiet` for `seconds` one-second samples in a
+    row); the seconds it took, None on timeout. Seeding 6 GiB leaves SeaweedFS and the disk
+    busy for a while: the first full run measured its sequential reads at load 2-12."""
+    started = time.monotonic()
+    os.sync()
+    calm = 0
+    before = _cpu_counters()
+    while calm < seconds:
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(1.0)  # the sampling period itself, not a synchronisation
+        after = _cpu_counters()
+        calm = calm + 1 if cpu_busy(before, after) < quiet else 0
+        before = after
+    return time.monotonic() - started
 
 
 class RandomStream:
@@ -590,6 +622,11 @@ def main(argv: list[str] | None = None) -> int:
         needs = set().union(*(w.needs for w in workloads))
         log(f"bench: seeding {', '.join(sorted(needs)) or 'nothing'}")
         seeding = seed(raw, ctx, needs, workdir)
+        settled = None
+        if not args.force:  # a forced run is untrusted anyway (and the test suite's is busy)
+            settled = settle()
+            log("bench: the machine did not settle after seeding (busy > 10% for 180 s)"
+                if settled is None else f"bench: settled {settled:.0f} s after seeding")
         cache = PageCache()
         runner = Runner(args, ctx, workdir, cache)
         if csi_available() and any(isinstance(w, MountTime) for w in workloads):
@@ -606,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "mount_flags": args.mount_flags, "mount_env": args.mount_env,
         "commit": _git_commit(), "cpus": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-        "seeding_s": seeding, "page_cache": cache.problem or "dropped before every run",
+        "seeding_s": seeding, "settled_after_seeding_s": settled,
+        "page_cache": cache.problem or "synced and dropped before every run",
         "raw_client": "boto3 client, path style, checksums only when required",
         "note": "medians of the same run; clients take turns within each repetition",
         "preflight": problems or "quiet: load, mounts and processes checked before start",

@@ -177,3 +177,13 @@ def test_cache_workloads_run_two_passes_and_leave_no_cache_dir(tmp_path: Path) -
         assert run["speedup"] > 0 and run["first_value"] > 0, name
     pid_dirs = [p for p in Path(tempfile.gettempdir()).glob("cloudbucket-bench-cache-*")]
     assert pid_dirs == []  # removed when the bench process exits
+
+
+def test_cpu_busy_counts_idle_and_iowait_as_not_busy() -> None:
+    from tests.perf import bench
+
+    # user nice system idle iowait irq softirq steal
+    before = [100, 0, 50, 800, 50, 0, 0, 0]
+    assert bench.cpu_busy(before, [150, 0, 100, 1700, 50, 0, 0, 0]) == pytest.approx(0.1)
+    assert bench.cpu_busy(before, [100, 0, 50, 850, 150, 0, 0, 0]) == 0.0  # disk wait only
+    assert bench.cpu_busy(before, before) == 0.0
