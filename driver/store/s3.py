@@ -187,6 +187,8 @@ class _Body:
         if self._fp is not None and self._fp.isclosed():
             self._raw.release_conn()  # read to its end: the connection serves the next GET
         self._raw.close()  # otherwise it is dropped with the unread rest
+
+
 _PAGE = "CloudbucketListPage"  # where the handler leaves the parsed page in the response
 
 
