@@ -85,15 +85,19 @@ Payload = bytes | memoryview | Sequence[bytes | memoryview]
 store can send them as they are (S3's direct path; a join is an 8 MiB copy per part)."""
 
 
+def pieces(data: Payload) -> Sequence[bytes | memoryview]:
+    """The payload as a sequence of buffers, whichever form it came in."""
+    return (data,) if isinstance(data, bytes | memoryview) else data
+
+
 def payload_size(data: Payload) -> int:
-    return len(data) if isinstance(data, bytes | memoryview) else sum(map(len, data))
+    return sum(map(len, pieces(data)))
 
 
 def joined(data: Payload) -> bytes | memoryview:
     """The payload as one buffer (a copy only when it is several)."""
-    if isinstance(data, bytes | memoryview):
-        return data
-    return data[0] if len(data) == 1 else b"".join(data)
+    parts = pieces(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ from driver.store.base import (
     UploadOptions,
     joined,
     payload_size,
+    pieces,
 )
 from driver.store.observe import instrument_s3
 from driver.store.retry import Attempts, Retrier, SuspectUploads, Timeouts
@@ -465,7 +466,7 @@ class _Direct:
         headers = {"Content-Length": str(payload_size(data))}
         if checksum is not None:
             headers[_CHECKSUM_HEADER] = checksum
-        body = [data] if isinstance(data, bytes | memoryview) else list(data)
+        body = list(pieces(data))
         url = f"{self._prefix}{percent_encode(key, safe='/~')}?{query}"
         return str(self.send("UploadPart", "PUT", key, headers, url=url, body=body)
                    .headers["ETag"])
@@ -917,7 +918,7 @@ def crc32c_b64(data: Payload) -> str:
     import google_crc32c  # a dependency of google-cloud-storage; C implementation
 
     crc = 0
-    for piece in [data] if isinstance(data, bytes | memoryview) else data:
+    for piece in pieces(data):
         crc = google_crc32c.extend(crc, _whole_bytes(piece))
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
