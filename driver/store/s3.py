@@ -177,7 +177,7 @@ class _Body:
         if self._fp is None:
             return int(self._raw.readinto(out))
         try:
-            return self._fp.readinto(out) or 0
+            return self._fp.readinto(out)
         except TimeoutError as exc:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._url,
                                                        error=exc) from exc
@@ -354,7 +354,7 @@ def detect_region(session: boto3.Session, bucket: str, endpoint_url: str | None,
 _CHECKSUM_HEADER = "x-amz-checksum-crc32c"
 
 
-class _PartAuth(S3SigV4Auth):
+class _PiecewiseSigV4Auth(S3SigV4Auth):
     """botocore's S3 signer, hashing a body given as pieces (hashlib releases the GIL on
     each) rather than as one buffer or file. Its rule for the payload hash is kept: over
     https with a checksum header the payload is UNSIGNED-PAYLOAD (TLS and the CRC32C protect
@@ -393,7 +393,7 @@ class _Direct:
     and copies it twice more (reading it back in 1 MiB pieces to hash it, and in 128 KiB
     pieces to send it; 23% of the FUSE server's GIL samples on a 1 GiB write, with the join
     of the writes into one part another 24%). Here the part is sent as the writes that made
-    it and hashed piece by piece (`_PartAuth`), so the bytes pyfuse3 handed over are the
+    it and hashed piece by piece (`_PiecewiseSigV4Auth`), so the bytes pyfuse3 handed over are the
     ones the socket sends. Everything else (PUT, create/complete, copy, delete) stays on
     the client: those requests are few per byte moved.
     """
@@ -483,7 +483,7 @@ class _Direct:
                              headers={**self._headers, **headers}, data=body,
                              stream_output=op == "GetObject")
         if self._region is not None:
-            _PartAuth(self._credentials.get_frozen_credentials(), "s3",
+            _PiecewiseSigV4Auth(self._credentials.get_frozen_credentials(), "s3",
                       self._region).add_auth(request)
         prepared = request.prepare()
         response = None
@@ -689,8 +689,10 @@ class S3Store:
             pinned = pinned or response.get("ETag")
             body = response["Body"]
             try:
-                # In slices: urllib3 reads a readinto's whole length into a temporary first,
-                # and a small one is recycled by malloc where a 16 MiB one would be mapped.
+                # In slices: where urllib3 reads (`_Body` without http.client beneath, or
+                # the client's own StreamingBody) it reads a readinto's whole length into a
+                # temporary first, and a small one is recycled by malloc where a 16 MiB one
+                # would be mapped.
                 while filled < len(out):
                     count = body.readinto(out[filled:filled + READINTO_CHUNK])
                     if not count:
@@ -762,10 +764,11 @@ class S3Store:
                     options: UploadOptions) -> PartResult:
         checksum = crc32c_b64(data) if options.checksum == "crc32c" else None
         what = f"UploadPart {key} #{number}"
-        if self._direct is not None:
+        direct = self._direct
+        if direct is not None:
             with _translated(what):
-                etag = self._retrier.call(lambda: self._direct.upload_part(  # type: ignore[union-attr]
-                    key, upload_id, number, data, checksum))
+                etag = self._retrier.call(
+                    lambda: direct.upload_part(key, upload_id, number, data, checksum))
             return PartResult(number, etag, checksum, payload_size(data))
         kwargs: dict[str, Any] = dict(self._payer)
         if checksum is not None:
