@@ -393,8 +393,8 @@ class _Direct:
     and copies it twice more (reading it back in 1 MiB pieces to hash it, and in 128 KiB
     pieces to send it; 23% of the FUSE server's GIL samples on a 1 GiB write, with the join
     of the writes into one part another 24%). Here the part is sent as the writes that made
-    it and hashed piece by piece (`_PiecewiseSigV4Auth`), so the bytes pyfuse3 handed over are the
-    ones the socket sends. Everything else (PUT, create/complete, copy, delete) stays on
+    it and hashed piece by piece (`_PiecewiseSigV4Auth`), so the bytes pyfuse3 handed over
+    are the ones the socket sends. Everything else (PUT, create/complete, copy, delete) stays on
     the client: those requests are few per byte moved.
     """
 
@@ -484,7 +484,7 @@ class _Direct:
                              stream_output=op == "GetObject")
         if self._region is not None:
             _PiecewiseSigV4Auth(self._credentials.get_frozen_credentials(), "s3",
-                      self._region).add_auth(request)
+                                self._region).add_auth(request)
         prepared = request.prepare()
         response = None
         try:
