@@ -177,13 +177,15 @@ class Filesystem:
         """Background work (prefetch, part uploads) runs in this nursery."""
         self._nursery = nursery
 
-    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await threads.run_sync(partial(fn, *args), self._limiter)
+    async def run_sync(self, fn: Callable[..., Any], *args: Any,
+                       limiter: trio.CapacityLimiter | None = None) -> Any:
+        """`fn(*args)` on a worker thread: the data path's threads unless `limiter` says."""
+        return await threads.run_sync(partial(fn, *args), limiter or self._limiter)
 
     async def _store(self, fn: Callable[..., Any], *args: Any,
                      limiter: trio.CapacityLimiter | None = None) -> Any:
         try:
-            return await threads.run_sync(partial(fn, *args), limiter or self._limiter)
+            return await self.run_sync(fn, *args, limiter=limiter)
         except StoreError as exc:
             raise from_store(exc) from exc
 
