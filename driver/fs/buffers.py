@@ -4,9 +4,9 @@ Every fresh 16 MiB `bytes` is a new mmap (glibc's threshold is kept at 1 MiB so 
 back to the OS) whose pages fault in one by one as the socket data is copied in; on this
 machine that costs more CPU than the copy itself. A `BufferPool` keeps buffers of dropped
 parts and hands them to the next GET of the same size, which fills them with `readinto`.
-A fresh buffer is an anonymous mmap: a `bytearray` of the same size is zero-filled under
-the GIL (14% of the FUSE server's GIL samples on a cold sequential read), while an mmap's
-pages are zeroed by the kernel when the socket's `recv_into` first touches them, with the
+A fresh buffer of 2 MiB or more is an anonymous mmap: a `bytearray` that size is
+zero-filled under the GIL (14% of the FUSE server's GIL samples on a cold sequential read),
+while an mmap's pages are zeroed by the kernel when the socket's `recv_into` first touches them, with the
 GIL released. It asks for transparent huge pages too (fewer faults where the kernel grants
 them; the test machine's does not: its AnonHugePages stay 0).
 
@@ -51,7 +51,6 @@ class BufferPool:
         self.room: Callable[[], int] = room if callable(room) else (lambda: room)
         self.held = 0  # bytes in the free lists
         self.reused = 0  # buffers handed out again (for tests and diagnostics)
-        self.fresh = 0  # buffers allocated
         self._free: dict[int, list[Buffer]] = {}
 
     def take(self, size: int) -> Buffer:
@@ -64,7 +63,6 @@ class BufferPool:
                     self.reused += 1
                     return free.pop(index)
         self._trim()  # a fresh buffer is coming: what no longer fits goes back to the OS
-        self.fresh += 1
         return fresh_buffer(size)
 
     def _trim(self) -> None:
