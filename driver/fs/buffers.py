@@ -6,9 +6,9 @@ machine that costs more CPU than the copy itself. A `BufferPool` keeps buffers o
 parts and hands them to the next GET of the same size, which fills them with `readinto`.
 A fresh buffer of 2 MiB or more is an anonymous mmap: a `bytearray` that size is
 zero-filled under the GIL (14% of the FUSE server's GIL samples on a cold sequential read),
-while an mmap's pages are zeroed by the kernel when the socket's `recv_into` first touches them, with the
-GIL released. It asks for transparent huge pages too (fewer faults where the kernel grants
-them; the test machine's does not: its AnonHugePages stay 0).
+while an mmap's pages are zeroed by the kernel when the socket's `recv_into` first touches
+them, with the GIL released. It asks for transparent huge pages too (fewer faults where the
+kernel grants them; the test machine's does not: its AnonHugePages stay 0).
 
 A buffer is reused only when nothing else refers to it: the part that held it, a reader's
 memoryview slice, or pyfuse3 replying with such a slice all hold references, and the pool
