@@ -20,9 +20,11 @@ no file is open for reading.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import mmap
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 # getrefcount(free[i]) when only the free list holds the buffer: the list's reference and
@@ -91,30 +93,35 @@ class BufferPool:
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """Fetched bytes kept as consecutive cache blocks rather than one joined buffer.
+    """Fetched bytes kept as the consecutive pieces they came in (cache blocks, the sectors
+    read of one, a GET's slice) rather than one joined buffer.
 
     Joining a 16 MiB part of cached blocks was a fifth of the FUSE thread's time on a cached
-    read; kept apart, a read is a slice of the one block it falls in (the kernel's reads
+    read; kept apart, a read is a slice of the one piece it falls in (the kernel's reads
     are block-aligned in a sequential stream) and only a read across a boundary is copied.
-    Byte 0 of the data is byte `skip` of `blocks[0]`; every block but the last is
-    `block_size` long.
     """
 
-    blocks: Sequence[bytes | bytearray | memoryview]
-    block_size: int
-    skip: int
+    pieces: tuple[memoryview, ...]
+    starts: tuple[int, ...]  # where each piece begins in the data
     length: int
+
+    @classmethod
+    def of(cls, pieces: Iterable[bytes | bytearray | memoryview]) -> Blocks:
+        views = tuple(memoryview(piece) for piece in pieces)
+        starts = tuple(itertools.accumulate((len(view) for view in views[:-1]), initial=0))
+        return cls(views, starts, sum(len(view) for view in views))
 
     def __len__(self) -> int:
         return self.length
 
     def views(self, lo: int, hi: int) -> Iterator[memoryview]:
         """Zero-copy views covering data[lo:hi], in order."""
-        lo, hi = lo + self.skip, min(hi, self.length) + self.skip
-        size = self.block_size
-        for index in range(lo // size, (hi - 1) // size + 1):
-            base = index * size
-            yield memoryview(self.blocks[index])[max(lo, base) - base:min(hi, base + size) - base]
+        hi = min(hi, self.length)
+        index = bisect.bisect_right(self.starts, lo) - 1
+        while index < len(self.pieces) and self.starts[index] < hi:
+            base = self.starts[index]
+            yield self.pieces[index][max(lo, base) - base:hi - base]
+            index += 1
 
 
 PartData = bytes | Buffer | memoryview | Blocks  # what a fetch of a part returns

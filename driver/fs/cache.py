@@ -2,9 +2,11 @@
 
 Design: an object version (bucket, key, ETag or GCS generation, size) is cut into fixed
 `block_size` blocks; block `i` lives in one file named by a hash of the version and `i`,
-`v1/blocks/<aa>/<version-hash>_<i>`. Each file starts with a header (magic, length,
-CRC32C of the data, block index, version hash) checked on every read: a block that fails is
-deleted and reported as a miss, never served, so a torn or bit-rotted file costs one refetch.
+`v2/blocks/<aa>/<version-hash>_<i>`. Each file starts with a header (magic, length, block
+index, version hash, and a CRC32C for each of the block's SECTORS sectors) checked on every
+read: a read takes only the sectors it needs (a random 256 KiB read of a 1 MiB block reads a
+quarter of it) and verifies each one it takes. A block that fails is deleted and reported
+as a miss, never served, so a torn or bit-rotted file costs one refetch.
 A block is written to a temporary file and renamed into place, so a reader sees a whole
 block or none (no fsync: after a crash the checksum, not the journal, catches a torn file).
 
@@ -30,6 +32,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import shutil
 import stat
 import struct
 import tempfile
@@ -38,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-import google_crc32c
+import crc32c
 import structlog
 import trio
 
@@ -47,10 +50,12 @@ from driver.fs.buffers import Blocks
 log = structlog.get_logger()
 MiB = 1024 * 1024
 BLOCK_SIZE = 1 * MiB
-_MAGIC = b"CBK1"
-_HEADER = struct.Struct("<4sIIQ32s")  # magic, data length, crc32c(data), index, version hash
+_MAGIC = b"CBK2"
+SECTORS = 16  # checksummed pieces per block: what a partial read verifies
+_HEADER = struct.Struct(f"<4sIQ32s{SECTORS}I")  # magic, length, index, version hash, CRCs
 HEADER_SIZE = _HEADER.size
-LAYOUT = "v1"
+LAYOUT = "v2"
+OLD_LAYOUTS = ("v1",)  # whole-block checksums: removed when a cache directory is opened
 LAST_USED = ".last-used"  # touched when a mount starts and stops using the directory
 RESERVED_PREFIX = "put-"  # temporary files whose bytes are reserved in the usage count
 STALE_TMP_SECONDS = 600.0
@@ -88,6 +93,7 @@ class BlockCache:
         self.root = os.fspath(directory)
         self.max_size = max_size  # bytes; None: keep MIN_FREE_FRACTION of the disk free
         self.block_size = block_size
+        self.sector_size = -(-block_size // SECTORS)
         self.base = os.path.join(self.root, LAYOUT)
         self.blocks_dir = os.path.join(self.base, "blocks")
         self.tmp_dir = os.path.join(self.base, "tmp")
@@ -115,6 +121,8 @@ class BlockCache:
             self.readable = True
             self._touch_last_used()
             self._remove_stale_tmp()
+            for old in OLD_LAYOUTS:  # its bytes are not in the usage count: not evicted
+                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
             with self._locked():
                 self._write_usage(self._scan()[0])  # recount: a crash may have left it off
             self.writable = True
@@ -166,50 +174,62 @@ class BlockCache:
         name = version.digest.hex()
         return os.path.join(self.blocks_dir, name[:2], f"{name}_{index}")
 
-    def get(self, version: ObjectVersion, index: int) -> bytes | None:
-        """The block's data if cached and intact; a damaged block is deleted."""
-        return self.get_many(version, (index,)).get(index)
+    def get(self, version: ObjectVersion, index: int) -> memoryview | None:
+        """The whole block if cached and intact; a damaged block is deleted."""
+        wanted = (index, 0, self.block_length(version, index))
+        return self.read_blocks(version, (wanted,)).get(index)
 
-    def get_many(self, version: ObjectVersion, indexes: Iterable[int]) -> dict[int, bytes]:
-        """The intact cached blocks among `indexes` (a damaged block is deleted).
+    def read_blocks(self, version: ObjectVersion, wanted: Iterable[tuple[int, int, int]]
+                    ) -> dict[int, memoryview]:
+        """Bytes [lo, hi) of each cached block (index, lo, hi) in `wanted` that is intact
+        in the sectors holding them; a damaged block is deleted.
 
-        Every file is opened and handed to the kernel's read-ahead (POSIX_FADV_WILLNEED)
-        before the first is read, so the disk sees all their reads at once rather than one
-        block at a time: on this project's test machine that doubles a cold 16-block read.
+        Every file is opened and its header and range handed to the kernel's read-ahead
+        (POSIX_FADV_WILLNEED) before the first is read, so the disk sees all their reads at
+        once rather than one block at a time: on this project's test machine that doubles
+        a cold 16-block read.
         """
         if not self.readable:
             return {}
-        opened: list[tuple[int, str, int]] = []
-        found: dict[int, bytes] = {}
+        opened: list[tuple[int, int, int, str, int]] = []  # index, lo, hi, path, fd
+        found: dict[int, memoryview] = {}
+        sector = self.sector_size
         try:
-            for index in indexes:
+            for index, lo, hi in wanted:
                 path = self.path(version, index)
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:  # absent or evicted under us: a miss
                     self.stats.misses += 1
                     continue
-                opened.append((index, path, fd))
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            for index, path, fd in opened:
-                data = self._read_block(version, index, path, fd)
+                opened.append((index, lo, hi, path, fd))
+                start = lo // sector * sector
+                with contextlib.suppress(OSError):  # the header and the data: one wait
+                    os.posix_fadvise(fd, 0, HEADER_SIZE, os.POSIX_FADV_WILLNEED)
+                    os.posix_fadvise(fd, HEADER_SIZE + start, hi - start,
+                                     os.POSIX_FADV_WILLNEED)
+            for index, lo, hi, path, fd in opened:
+                first = lo // sector
+                end = min(-(-hi // sector) * sector, self.block_length(version, index))
+                data = self._read_sectors(version, index, path, fd, first, end)
                 if data is not None:
-                    found[index] = data
+                    found[index] = data[lo - first * sector:hi - first * sector]
         finally:
-            for _, _, fd in opened:
+            for *_, fd in opened:
                 os.close(fd)
         return found
 
-    def _read_block(self, version: ObjectVersion, index: int, path: str, fd: int
-                    ) -> bytes | None:
+    def _read_sectors(self, version: ObjectVersion, index: int, path: str, fd: int,
+                      first: int, end: int) -> memoryview | None:
+        """The data from sector `first` to byte `end` of a block, each sector verified."""
+        sector = self.sector_size
         try:
             header = os.pread(fd, HEADER_SIZE, 0)
-            data = os.pread(fd, self.block_length(version, index) + 1, HEADER_SIZE)
+            data = memoryview(os.pread(fd, end - first * sector, HEADER_SIZE + first * sector))
         except OSError:  # unreadable: a miss
             self.stats.misses += 1
             return None
-        if not self._intact(header, data, version, index):
+        if not self._intact(header, data, version, index, first, end):
             self.stats.corrupt += 1
             log.warning("dropping a damaged cache block", cache_dir=self.root, block=path)
             with contextlib.suppress(OSError):
@@ -220,13 +240,26 @@ class BlockCache:
         self.stats.hits += 1
         return data
 
-    def _intact(self, header: bytes, data: bytes, version: ObjectVersion, index: int) -> bool:
-        if len(header) < HEADER_SIZE:
+    def _intact(self, header: bytes, data: memoryview, version: ObjectVersion, index: int,
+                first: int, end: int) -> bool:
+        if len(header) < HEADER_SIZE or len(data) != end - first * self.sector_size:
             return False
-        magic, length, crc, stored_index, digest = _HEADER.unpack(header)
-        return (magic == _MAGIC and stored_index == index and digest == version.digest
-                and length == len(data) == self.block_length(version, index)
-                and google_crc32c.value(data) == crc)
+        magic, length, stored_index, digest, *crcs = _HEADER.unpack(header)
+        if magic != _MAGIC or stored_index != index or digest != version.digest \
+                or length != self.block_length(version, index):
+            return False
+        sums = self.sector_crcs(data)
+        return sums == crcs[first:first + len(sums)]
+
+    def sector_crcs(self, data: memoryview | bytes) -> list[int]:
+        """The CRC32C of each sector of `data`, which starts on a sector boundary."""
+        view, sector = memoryview(data), self.sector_size
+        return [crc32c.crc32c(view[at:at + sector]) for at in range(0, len(view), sector)]
+
+    def header(self, version: ObjectVersion, index: int, crcs: list[int]) -> bytes:
+        """The header of block `index` of `version`, whose sectors have these CRCs."""
+        return _HEADER.pack(_MAGIC, self.block_length(version, index), index, version.digest,
+                            *crcs, *([0] * (SECTORS - len(crcs))))
 
     def put(self, version: ObjectVersion, index: int, data: bytes | memoryview) -> bool:
         """Store a block atomically; False when it was not stored (full, off, present)."""
@@ -236,8 +269,6 @@ class BlockCache:
         if os.path.exists(path):
             return False  # another reader (or mount) cached it first
         size = HEADER_SIZE + len(data)
-        if not isinstance(data, bytes):
-            data = bytes(data)  # google_crc32c takes bytes only; a copy is cheap beside it
         tmp = None
         reserved = False
         try:
@@ -248,8 +279,7 @@ class BlockCache:
                 if not self._reserve(size, pending=True):
                     return False
                 reserved = True
-                out.write(_HEADER.pack(_MAGIC, len(data), google_crc32c.value(data), index,
-                                       version.digest))
+                out.write(self.header(version, index, self.sector_crcs(data)))
                 out.write(data)
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.replace(tmp, path)
@@ -400,9 +430,11 @@ def release_cache_dir(path: str) -> None:
 class CachedFetch:
     """A `Prefetcher` fetch function that serves cached blocks and GETs only the gaps.
 
-    A request [start, end) is widened to whole blocks; cached blocks are read on a worker
-    thread, each run of missing blocks is one ranged GET through `fetch`, and the new
-    blocks are written to the cache in the background. Pending writes are bounded
+    Of a cached block only the sectors the request covers are read from disk (a random
+    reader's request is just its read). Each run of missing blocks is one ranged GET of
+    whole blocks through `fetch`, and the new blocks are written to the cache in the
+    background; a request for a block this file is already fetching or storing waits for
+    it and reads it from the cache, rather than GET it again. Pending writes are bounded
     (`WriteBudget`): when the disk falls behind, fetches wait for it rather than skip
     blocks or pile up memory.
     """
@@ -417,46 +449,72 @@ class CachedFetch:
         self._spawn = spawn
         self._limiter = io_limiter
         self._writes = writes
+        self._busy: dict[int, trio.Event] = {}  # blocks being fetched or stored: set when done
 
     async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview | Blocks:
         bs = self.cache.block_size
         first, last = start // bs, (end - 1) // bs
-        blocks: dict[int, bytes | memoryview] = dict(await trio.to_thread.run_sync(
-            self.cache.get_many, self.version, range(first, last + 1), limiter=self._limiter))
-        index = first
-        while index <= last:
-            if index in blocks:
-                index += 1
-                continue
-            run_end = index
-            while run_end + 1 <= last and run_end + 1 not in blocks:
-                run_end += 1
-            lo, hi = index * bs, min((run_end + 1) * bs, self.version.size)
-            raw = await self._fetch(lo, hi)
-            data = memoryview(raw)
-            if len(data) != hi - lo:
-                raise OSError(errno.EIO, f"store returned {len(data)} of {hi - lo} bytes")
-            fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
-                     for i in range(index, run_end + 1)}
-            blocks.update(fresh)
-            await self._store_later(fresh, hi - lo)
-            if lo == start and hi == end and len(fresh) == last - first + 1:
-                return raw  # the whole request was one GET: no copy (a pooled buffer stays one)
-            index = run_end + 1
-        return Blocks([blocks[i] for i in range(first, last + 1)], bs, start - first * bs,
-                      end - start)
+        wanted = [(i, max(start - i * bs, 0), min(end - i * bs, bs))
+                  for i in range(first, last + 1)]
+        while True:
+            for index in range(first, last + 1):
+                if (busy := self._busy.get(index)) is not None:
+                    await busy.wait()
+            cached = await trio.to_thread.run_sync(self.cache.read_blocks, self.version,
+                                                   wanted, limiter=self._limiter)
+            missing = [i for i in range(first, last + 1) if i not in cached]
+            if not any(i in self._busy for i in missing):  # none taken while we read
+                break
+        for index in missing:  # claimed before the next await
+            self._busy[index] = trio.Event()
+        handed: set[int] = set()  # blocks whose store now ends their claim
+        try:
+            pieces: list[bytes | memoryview] = []
+            index = first
+            while index <= last:
+                if index in cached:
+                    pieces.append(cached[index])
+                    index += 1
+                    continue
+                run_end = index
+                while run_end + 1 <= last and run_end + 1 not in cached:
+                    run_end += 1
+                lo, hi = index * bs, min((run_end + 1) * bs, self.version.size)
+                raw = await self._fetch(lo, hi)
+                data = memoryview(raw)
+                if len(data) != hi - lo:
+                    raise OSError(errno.EIO, f"store returned {len(data)} of {hi - lo} bytes")
+                fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
+                         for i in range(index, run_end + 1)}
+                if await self._store_later(fresh, hi - lo):
+                    handed.update(fresh)
+                if lo == start and hi == end:
+                    return raw  # the whole request was one GET: no copy (a pooled buffer stays one)
+                pieces.append(data[max(start, lo) - lo:min(end, hi) - lo])
+                index = run_end + 1
+        finally:
+            self._done(i for i in missing if i not in handed)
+        return pieces[0] if len(pieces) == 1 else Blocks.of(pieces)
 
-    async def _store_later(self, blocks: dict[int, memoryview], size: int) -> None:
+    def _done(self, indexes: Iterable[int]) -> None:
+        for index in list(indexes):
+            if (busy := self._busy.pop(index, None)) is not None:
+                busy.set()
+
+    async def _store_later(self, blocks: dict[int, memoryview], size: int) -> bool:
+        """Write `blocks` to the cache in the background; False when the cache takes none."""
         if not self.cache.writable:
-            return
+            return False
         await self._writes.take(size)  # back-pressure: a slow disk slows the cold read
         self._spawn(self._store, blocks, size)
+        return True
 
     async def _store(self, blocks: dict[int, memoryview], size: int) -> None:
         try:
             await trio.to_thread.run_sync(self._put_blocks, blocks, limiter=self._limiter)
         finally:
             self._writes.give_back(size)
+            self._done(blocks)
 
     def _put_blocks(self, blocks: dict[int, memoryview]) -> None:
         for index, data in blocks.items():
@@ -483,7 +541,7 @@ class BlockWriter:
         self._writes = writes
         self._pending = bytearray()
         self._size = 0  # bytes seen
-        self._staged: list[tuple[int, str, int, int]] = []  # (index, tmp path, length, crc)
+        self._staged: list[tuple[int, str, int, list[int]]] = []  # index, tmp, length, CRCs
         self._next_index = 0
         self.active = cache.writable
 
@@ -515,7 +573,7 @@ class BlockWriter:
         else:
             self._staged.append(staged)
 
-    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, int] | None:
+    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, list[int]] | None:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir, prefix="stage-")  # 0600
             with open(fd, "wb") as out:
@@ -524,7 +582,7 @@ class BlockWriter:
         except OSError as exc:
             self.cache._degrade("cannot write to the cache directory", exc)
             return None
-        return index, tmp, len(block), google_crc32c.value(block)
+        return index, tmp, len(block), self.cache.sector_crcs(block)
 
     async def finish(self, etag: str, size: int) -> None:
         """The upload committed `size` bytes as `etag`: name the staged blocks after it."""
@@ -543,12 +601,12 @@ class BlockWriter:
                                       limiter=self._limiter)
 
     def _name_blocks(self, version: ObjectVersion,
-                     staged: list[tuple[int, str, int, int]]) -> None:
-        for position, (index, tmp, length, crc) in enumerate(staged):
+                     staged: list[tuple[int, str, int, list[int]]]) -> None:
+        for position, (index, tmp, length, crcs) in enumerate(staged):
             try:
                 if not self.cache.writable or not self.cache._reserve(HEADER_SIZE + length):
                     raise OSError(errno.ENOSPC, "cache full")
-                header = _HEADER.pack(_MAGIC, length, crc, index, version.digest)
+                header = self.cache.header(version, index, crcs)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
                 try:
                     os.pwrite(fd, header, 0)
@@ -572,7 +630,7 @@ class BlockWriter:
             await trio.to_thread.run_sync(self._unlink_all, staged, limiter=self._limiter)
 
     @staticmethod
-    def _unlink_all(staged: list[tuple[int, str, int, int]]) -> None:
+    def _unlink_all(staged: list[tuple[int, str, int, list[int]]]) -> None:
         for _, tmp, _, _ in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -9,8 +9,9 @@ offset read, because the kernel's read-ahead requests arrive somewhat out of ord
 byte a prefetcher holds is charged to the mount's `MemoryBudget` (driver/fs/memory.py):
 read-ahead only when it fits, the bytes a read waits on by waiting for room; a prefetcher
 gives back its idle parts (`shed`) when another reader or a writer is waiting. With a
-block cache (`align` = its block size) parts end on block boundaries, so no two parts
-fetch the same block.
+block cache (`align` = its block size) a stream's parts end on block boundaries, so no two
+fetch the same block; a random reader's part is just its read, of which the cache reads
+only the sectors it needs (and fetches a missing block whole).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class Prefetcher:
         return self._aligned(min(size, self.size - self._next))
 
     def _aligned(self, size: int) -> int:
-        if self.align > 1:  # end on a cache block boundary
+        if self.align > 1 and self._window:  # a stream's part ends on a cache block boundary
             size = min(-(-(self._next + size) // self.align) * self.align,
                        self.size) - self._next
         return size

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.exceptions
 import botocore.handlers
+import crc32c
 import structlog
 from botocore import UNSIGNED
 from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
@@ -912,24 +913,15 @@ def multipart_etag(parts: Sequence[PartResult]) -> str | None:
         except binascii.Error:
             return None
     return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'  # noqa: S324
+
+
 def _quoted(etag: str) -> str:
     """ETags as HEAD/GET send them, in quotes (some stores leave them off CopyObject's)."""
     return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
 def crc32c_b64(data: Payload) -> str:
-    import google_crc32c  # a dependency of google-cloud-storage; C implementation
-
     crc = 0
     for piece in pieces(data):
-        crc = google_crc32c.extend(crc, _whole_bytes(piece))
+        crc = crc32c.crc32c(piece, value=crc)  # any buffer, no copy
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
-
-
-def _whole_bytes(piece: bytes | memoryview) -> bytes:
-    """`piece` as bytes, uncopied when it views a whole bytes object (google_crc32c takes
-    no memoryview: its argument parser refuses buffers that must be released)."""
-    if isinstance(piece, memoryview) and isinstance(piece.obj, bytes) \
-            and piece.nbytes == len(piece.obj):
-        return piece.obj
-    return bytes(piece)

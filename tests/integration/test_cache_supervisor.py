@@ -18,6 +18,7 @@ import pytest
 
 from driver.credentials.source import Credentials
 from driver.devservers import SeaweedS3, wait_until
+from driver.fs.cache import LAYOUT
 from driver.mounts.protocol import MountRequest
 from driver.mounts.supervisor import Supervisor, SupervisorClient
 from driver.options import MountOptions
@@ -65,7 +66,7 @@ def test_servers_of_one_cache_dir_share_a_uid_and_others_are_kept_out(
         third = mount("three", other, "vol-2")
         assert first.uid == second.uid != third.uid
         assert (tmp_path / "one" / "m.bin").read_bytes() == data
-        blocks = shared / "v1" / "blocks"
+        blocks = shared / LAYOUT / "blocks"
         wait_until(lambda: sum(len(files) for _, _, files in os.walk(blocks)) == 3, 30,
                    "3 blocks in the shared cache")
         for directory, _, files in os.walk(shared):

@@ -21,7 +21,7 @@ import pytest
 from driver.cli import exit_status
 from driver.devservers import SeaweedS3, wait_until
 from driver.failures import FailureKind
-from driver.fs.cache import HEADER_SIZE, BlockCache, ObjectVersion
+from driver.fs.cache import HEADER_SIZE, LAYOUT, BlockCache, ObjectVersion
 from driver.volume import cache_dir, volume_spec
 from tests.counting_proxy import CountingProxy
 from tests.helpers import sha256_file
@@ -59,7 +59,7 @@ def _cached_mount(mount, bucket: str, proxy: CountingProxy, cache: Path, *flags:
 
 
 def _block_files(cache: Path) -> list[Path]:
-    return [p for p in (cache / "v1" / "blocks").rglob("*") if p.is_file()]
+    return [p for p in (cache / LAYOUT / "blocks").rglob("*") if p.is_file()]
 
 
 def _cached_bytes(cache: Path) -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from driver.devservers import wait_until
+from driver.fs.cache import LAYOUT
 from tests.perf.clients import OURS
 
 MiB = 1024 * 1024
@@ -394,14 +395,14 @@ def bench_cache_dir(name: str) -> Path:
 
 def clear_cache_blocks(cache: Path) -> None:
     """Empty the cache of its blocks (the mount tolerates blocks vanishing: misses)."""
-    blocks = cache / "v1" / "blocks"
+    blocks = cache / LAYOUT / "blocks"
     with contextlib.suppress(FileNotFoundError):
         for fan in os.scandir(blocks):
             shutil.rmtree(fan.path, ignore_errors=True)
 
 
 def cached_block_files(cache: Path) -> int:
-    blocks = cache / "v1" / "blocks"
+    blocks = cache / LAYOUT / "blocks"
     count = 0
     with contextlib.suppress(FileNotFoundError):
         for fan in os.scandir(blocks):

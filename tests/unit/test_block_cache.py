@@ -17,7 +17,15 @@ import trio
 from structlog.testing import capture_logs
 
 from driver.fs import cache as cache_module
-from driver.fs.cache import HEADER_SIZE, BlockCache, CachedFetch, ObjectVersion, WriteBudget
+from driver.fs.cache import (
+    HEADER_SIZE,
+    LAYOUT,
+    SECTORS,
+    BlockCache,
+    CachedFetch,
+    ObjectVersion,
+    WriteBudget,
+)
 from driver.fs.filesystem import Filesystem
 from driver.fs.prefetch import MemoryBudget, Prefetcher
 from driver.options import MountOptions
@@ -36,7 +44,7 @@ def _cache(path: Path, max_size: int | None = None) -> BlockCache:
 
 
 def _block_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "v1" / "blocks").rglob("*") if p.is_file())
+    return sorted(p for p in (root / LAYOUT / "blocks").rglob("*") if p.is_file())
 
 
 def _dir_bytes(root: Path) -> int:
@@ -80,7 +88,7 @@ def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str) -> None
     if where == "data":
         raw[HEADER_SIZE + 1234] ^= 0x01
     elif where == "crc":
-        raw[9] ^= 0x80
+        raw[HEADER_SIZE - 4 * SECTORS + 1] ^= 0x80  # the first sector's CRC
     elif where == "index":
         raw[12] = 7
     else:
@@ -93,6 +101,33 @@ def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str) -> None
     assert any("damaged" in entry["event"] for entry in logs)
     assert cache.put(version, 0, data)  # refetched data can be cached again
     assert bytes(cache.get(version, 0) or b"") == data
+
+
+def test_a_partial_read_takes_and_verifies_only_the_sectors_it_covers(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    sector = cache.sector_size
+    version = _version(BS)
+    data = os.urandom(BS)
+    assert cache.put(version, 0, data)
+    lo, hi = 3 * sector + 10, 5 * sector + 7  # sectors 3, 4 and 5
+    part = cache.read_blocks(version, [(0, lo, hi)])[0]
+    assert bytes(part) == data[lo:hi] and len(part.obj) == 3 * sector  # read: 3 sectors
+    (block,) = _block_files(tmp_path)
+    raw = bytearray(block.read_bytes())
+    raw[HEADER_SIZE + 9 * sector] ^= 0x01  # damage sector 9, outside the range
+    block.write_bytes(bytes(raw))
+    assert bytes(cache.read_blocks(version, [(0, lo, hi)])[0]) == data[lo:hi]
+    with capture_logs():
+        assert cache.read_blocks(version, [(0, lo, 9 * sector + 1)]) == {}  # takes sector 9
+    assert not block.exists() and cache.stats.corrupt == 1
+
+
+def test_a_cache_directory_of_the_old_layout_is_removed(tmp_path: Path) -> None:
+    old = tmp_path / "v1" / "blocks" / "ab"
+    old.mkdir(parents=True)
+    (old / "block_0").write_bytes(b"x" * 100)
+    cache = _cache(tmp_path)
+    assert not (tmp_path / "v1").exists() and cache.writable
 
 
 def test_block_renamed_to_another_name_is_not_served(tmp_path: Path) -> None:
@@ -193,7 +228,7 @@ def test_open_removes_stale_temporary_files_and_recounts(tmp_path: Path) -> None
     cache = _cache(tmp_path)
     version = _version(BS)
     assert cache.put(version, 0, os.urandom(BS))
-    stale = tmp_path / "v1" / "tmp" / "tmpstale"
+    stale = tmp_path / LAYOUT / "tmp" / "tmpstale"
     stale.write_bytes(b"torn")
     old = time.time() - 2 * cache_module.STALE_TMP_SECONDS
     os.utime(stale, (old, old))
@@ -294,12 +329,50 @@ def test_random_reads_fill_and_use_whole_blocks(tmp_path: Path) -> None:
                 reader.close()
 
     store.calls.clear()
+    read = cache.read_blocks
+    taken: list[int] = []
+
+    def counted(version: ObjectVersion, wanted: list[tuple[int, int, int]]) -> dict:
+        taken.extend(hi - lo for _, lo, hi in wanted)
+        return read(version, wanted)
+
+    cache.read_blocks = counted  # type: ignore[method-assign]
     trio.run(main)
     fetched = _ranges(store)
     assert all(start % BS == 0 for start, _ in fetched)
     blocks_touched = {o // BS for o in offsets} | {(o + 20 * KiB - 1) // BS for o in offsets}
-    # The second pass came from disk: no more bytes than the blocks the first pass touched.
+    # The second pass came from disk: no more bytes than the blocks the first pass touched,
+    # and of a cached block only what a read asked for (and the kernel-free reader here
+    # asks 20 KiB at a time).
     assert sum(end - start for start, end in fetched) <= len(blocks_touched) * BS
+    assert taken and max(taken) <= 20 * KiB
+
+
+def test_reads_into_a_block_being_fetched_wait_for_it_and_make_no_second_get(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 8 * BS
+    store.objects["k"] = data = random.Random(6).randbytes(size)
+    cache = _cache(tmp_path)
+    offsets = [3 * BS + 1000, 3 * BS + 30 * KiB, 3 * BS + 2 * KiB, 3 * BS + 50 * KiB]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            reader = _reader(nursery, store, cache, "k")  # one open file, concurrent reads
+            got: dict[int, bytes] = {}
+
+            async def read_at(offset: int) -> None:
+                got[offset] = bytes(await reader.read(offset, 4 * KiB))
+
+            async with trio.open_nursery() as reads:
+                for offset in offsets:
+                    reads.start_soon(read_at, offset)
+            reader.close()
+        for offset in offsets:
+            assert got[offset] == data[offset:offset + 4 * KiB]
+
+    trio.run(main)
+    assert _ranges(store) == [(3 * BS, 4 * BS)]  # one GET of the block, the rest waited
 
 
 # --------------------------------------------------------------------- Filesystem
@@ -347,7 +420,7 @@ def test_claim_hands_the_tree_over_and_release_locks_it(tmp_path: Path) -> None:
     assert cache.put(_version(BS), 0, os.urandom(BS))
     outside = tmp_path / "outside"
     outside.write_text("not ours")
-    os.symlink(outside, root / "v1" / "link")
+    os.symlink(outside, root / LAYOUT / "link")
     claim_cache_dir(str(root), 70000, 70000)
     for path in [root, *root.rglob("*")]:
         assert path.lstat().st_uid == 70000 and path.lstat().st_gid == 70000, path
@@ -410,4 +483,4 @@ def test_an_aborted_write_names_no_block(tmp_path: Path) -> None:
 
     trio.run(main)
     assert _block_files(tmp_path / "cache") == []
-    assert list((tmp_path / "cache" / "v1" / "tmp").iterdir()) == []
+    assert list((tmp_path / "cache" / LAYOUT / "tmp").iterdir()) == []

@@ -17,19 +17,20 @@ from tests.memstore import MemoryStore
 MiB = 1024 * 1024
 
 
-def test_blocks_slice_like_the_joined_bytes_and_copy_nothing_within_a_block() -> None:
+def test_blocks_slice_like_the_joined_bytes_and_copy_nothing_within_a_piece() -> None:
     rng = random.Random(5)
-    size, skip = 1000, 137
-    blocks = [rng.randbytes(size) for _ in range(4)] + [rng.randbytes(400)]
-    joined = b"".join(blocks)[skip:skip + 3900]
-    data = Blocks(blocks, size, skip, len(joined))
-    assert len(data) == 3900
+    pieces = [rng.randbytes(size) for size in (863, 1000, 1000, 1000, 37, 400)]
+    joined = b"".join(pieces)
+    data = Blocks.of(pieces)
+    assert len(data) == len(joined)
     for _ in range(300):
         lo = rng.randrange(len(joined))
         hi = rng.randrange(lo + 1, len(joined) + 1)
         assert b"".join(views(data, lo, hi)) == joined[lo:hi]
-    [inside] = views(data, size - skip + 10, size - skip + 500)  # within block 1
-    assert inside.obj is blocks[1] and bytes(inside) == blocks[1][10:500]
+    [inside] = views(data, 863 + 10, 863 + 500)  # within piece 1
+    assert inside.obj is pieces[1] and bytes(inside) == pieces[1][10:500]
+    assert [bytes(v) for v in views(data, 3860, 3900 + 10)] == [pieces[3][-3:], pieces[4],
+                                                               pieces[5][:10]]
     assert [bytes(v) for v in views(b"abcdef", 1, 4)] == [b"bcd"]
 
 

@@ -3,6 +3,7 @@ the wire is what the client would send, and failures mean what they meant throug
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import boto3
@@ -134,6 +135,13 @@ def test_a_listing_is_a_signed_get_of_the_bucket_url_with_botocores_query():
 
 
 PIECES = [b"ab", memoryview(b"zcdef")[1:], b"x"]  # writes as Upload hands them over
+
+
+def test_the_crc32c_of_pieces_is_the_standard_check_value_of_their_bytes():
+    # 0xE3069283 is CRC-32C's published check value for "123456789" (RFC 3720, B.4).
+    expected = base64.b64encode(bytes.fromhex("e3069283")).decode()
+    assert crc32c_b64(b"123456789") == expected
+    assert crc32c_b64([b"12", memoryview(b"x3456789")[1:5], bytearray(b"789")]) == expected
 
 
 def test_a_part_is_sent_as_its_pieces_with_its_checksum_and_unsigned_only_over_tls():
