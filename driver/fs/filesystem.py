@@ -37,6 +37,7 @@ returns plain `Attributes`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import math
@@ -290,6 +291,13 @@ class Filesystem:
         if len(self._negative) > 100_000:
             self._negative.clear()
         raise FsError(errno.ENOENT)
+
+    async def list_root_ahead(self) -> None:
+        """List the root as the mount comes up, in the background: the first lookup of a
+        program started right after the mount shares this LIST rather than wait for its
+        own (a first byte of a file at the root costs one round trip less)."""
+        with contextlib.suppress(FsError):
+            await self._cached_listing(self._inode(ROOT_INODE))
 
     async def _cached_listing(self, parent: Inode) -> dict[str, object] | None:
         """The parent's whole listing if it fits one page, from cache within the TTL.

@@ -131,6 +131,7 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
                              **metrics.store_request_counts())
 
             nursery.start_soon(watch_signals, name="signals")
+            nursery.start_soon(fs.list_root_ahead, name="list root")
             nursery.start_soon(announce_ready, name="ready")
             if options.log_metrics:
                 nursery.start_soon(log_metrics, name="metrics")

@@ -1,7 +1,9 @@
-"""readdir streams a big directory page by page, asking for the next page early."""
+"""readdir streams a big directory page by page, asking for the next page early; the root
+is listed ahead as the mount comes up."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 import pytest
@@ -75,3 +77,34 @@ def test_a_failed_page_ahead_fails_the_readdir_that_reaches_it() -> None:
 
     _run(store, body)
     assert seen == sorted([f"f-{i:05d}" for i in range(COUNT)] + ["sub"])
+
+
+# The root is listed as the mount comes up (`Filesystem.list_root_ahead`, from fs.mount).
+
+
+def _lookup_after_listing_ahead(store: MemoryStore, fails: bool) -> tuple[list[str], list[str]]:
+    async def main() -> tuple[list[str], list[str]]:
+        async with trio.open_nursery() as nursery:
+            fs = Filesystem(store, MountOptions())
+            fs.attach(nursery)
+            await fs.list_root_ahead()  # never raises: it only warms the listing cache
+            ahead = list(store.calls)
+            store.calls.clear()
+            with pytest.raises(FsError) if fails else contextlib.nullcontext():
+                await fs.lookup(ROOT_INODE, "d")
+            nursery.cancel_scope.cancel()
+        return ahead, store.calls
+
+    return trio.run(main)
+
+
+def test_the_first_lookup_after_the_root_was_listed_ahead_asks_the_store_nothing() -> None:
+    ahead, lookup = _lookup_after_listing_ahead(_store(), fails=False)
+    assert ahead == ["list"] and lookup == []
+
+
+def test_a_failed_listing_ahead_is_no_error_and_the_lookup_asks_again() -> None:
+    store = _store()
+    store.fail = lambda op: op == "list"
+    ahead, lookup = _lookup_after_listing_ahead(store, fails=True)
+    assert ahead == ["list"] and "list" in lookup
