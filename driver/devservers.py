@@ -26,9 +26,21 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: all are held while they are chosen (ports taken
+    one at a time, each socket closed before the next, can repeat)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+class ServerExited(RuntimeError):
+    """A test server's process ended before it was ready."""
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -91,13 +103,31 @@ class SeaweedS3:
     def log_path(self) -> Path:
         return self.workdir / "weed.log"
 
-    def start(self, timeout: float = 60) -> SeaweedS3:
-        ports = {name: free_port() for name in (
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg",
-            "admin.port.grpc",
-            "s3.port.lance", "admin.port", "webdav.port", "debug.port", "metricsPort",
-        )}
+    def start(self, timeout: float = 60, attempts: int = 3) -> SeaweedS3:
+        """Start and wait until it takes writes. A server that exits before (one of its 15
+        ports taken by another process meanwhile) is started again on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            try:
+                wait_until(self._ready, timeout, f"SeaweedFS S3 on port {self.port}")
+                return self
+            except ServerExited:
+                self._kill()
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)  # a failed start's
+                if attempt == attempts:
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> None:
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg",
+                 "admin.port.grpc", "s3.port.lance", "admin.port", "webdav.port", "debug.port",
+                 "metricsPort")
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.port = ports["s3.port"]
         self._ports = list(ports.values())
         data = self.workdir / "data"
@@ -131,17 +161,11 @@ class SeaweedS3:
                 args, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        try:
-            wait_until(self._ready, timeout, f"SeaweedFS S3 on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"weed mini exited with {self.process.returncode}: {tail}")
+            raise ServerExited(f"weed mini exited with {self.process.returncode}: {tail}")
         try:
             client = self.client()
             client.list_buckets()
@@ -175,6 +199,11 @@ class SeaweedS3:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
     def stop(self) -> None:
+        self._kill()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _kill(self) -> None:
         if self.process is not None:
             _stop_group(self.process)
             self.process = None
@@ -182,8 +211,6 @@ class SeaweedS3:
         for port in self._ports:
             for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-grpc-{port}.sock"):
                 sock.unlink(missing_ok=True)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedS3:
         return self.start()
