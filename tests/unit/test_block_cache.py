@@ -372,7 +372,11 @@ def test_reads_into_a_block_being_fetched_wait_for_it_and_make_no_second_get(
             assert got[offset] == data[offset:offset + 4 * KiB]
 
     trio.run(main)
-    assert _ranges(store) == [(3 * BS, 4 * BS)]  # one GET of the block, the rest waited
+    # Block 3 is fetched once; the rest waited for it. (Which read comes first is trio's
+    # choice: one that follows another in order may add read-ahead of the next blocks.)
+    fetched = sorted(_ranges(store))
+    assert sum(start <= 3 * BS < end for start, end in fetched) == 1
+    assert all(end <= start for (_, end), (start, _) in zip(fetched, fetched[1:], strict=False))
 
 
 # --------------------------------------------------------------------- Filesystem
