@@ -450,6 +450,7 @@ class CachedFetch:
         self._limiter = io_limiter
         self._writes = writes
         self._busy: dict[int, trio.Event] = {}  # blocks being fetched or stored: set when done
+        self._settled: dict[int, int] = {}  # how many fetches of each block have ended
 
     async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview | Blocks:
         bs = self.cache.block_size
@@ -460,10 +461,13 @@ class CachedFetch:
             for index in range(first, last + 1):
                 if (busy := self._busy.get(index)) is not None:
                     await busy.wait()
+            settled = {i: self._settled.get(i, 0) for i in range(first, last + 1)}
             cached = await trio.to_thread.run_sync(self.cache.read_blocks, self.version,
                                                    wanted, limiter=self._limiter)
             missing = [i for i in range(first, last + 1) if i not in cached]
-            if not any(i in self._busy for i in missing):  # none taken while we read
+            # None taken, and none stored, while the cache was read (a stale miss).
+            if not any(i in self._busy or self._settled.get(i, 0) != settled[i]
+                       for i in missing):
                 break
         for index in missing:  # claimed before the next await
             self._busy[index] = trio.Event()
@@ -498,6 +502,7 @@ class CachedFetch:
 
     def _done(self, indexes: Iterable[int]) -> None:
         for index in list(indexes):
+            self._settled[index] = self._settled.get(index, 0) + 1
             if (busy := self._busy.pop(index, None)) is not None:
                 busy.set()
 
