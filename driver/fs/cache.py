@@ -449,30 +449,26 @@ class CachedFetch:
         self._spawn = spawn
         self._limiter = io_limiter
         self._writes = writes
-        self._busy: dict[int, trio.Event] = {}  # blocks being fetched or stored: set when done
-        self._settled: dict[int, int] = {}  # how many fetches of each block have ended
+        self._busy: dict[int, trio.Event] = {}  # blocks being read, fetched or stored
 
     async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview | Blocks:
         bs = self.cache.block_size
         first, last = start // bs, (end - 1) // bs
         wanted = [(i, max(start - i * bs, 0), min(end - i * bs, bs))
                   for i in range(first, last + 1)]
-        while True:
-            for index in range(first, last + 1):
-                if (busy := self._busy.get(index)) is not None:
-                    await busy.wait()
-            settled = {i: self._settled.get(i, 0) for i in range(first, last + 1)}
+        while busy := [self._busy[i] for i in range(first, last + 1) if i in self._busy]:
+            await busy[0].wait()
+        # Claimed before the cache is read, so no other request of this file can find one
+        # missing and fetch it meanwhile; the cached ones are released as soon as they are read.
+        claimed = range(first, last + 1)
+        for index in claimed:
+            self._busy[index] = trio.Event()
+        released: set[int] = set()  # claims ended here or handed to the block's store
+        try:
             cached = await trio.to_thread.run_sync(self.cache.read_blocks, self.version,
                                                    wanted, limiter=self._limiter)
-            missing = [i for i in range(first, last + 1) if i not in cached]
-            # None taken, and none stored, while the cache was read (a stale miss).
-            if not any(i in self._busy or self._settled.get(i, 0) != settled[i]
-                       for i in missing):
-                break
-        for index in missing:  # claimed before the next await
-            self._busy[index] = trio.Event()
-        handed: set[int] = set()  # blocks whose store now ends their claim
-        try:
+            self._done(cached)
+            released.update(cached)
             pieces: list[bytes | memoryview] = []
             index = first
             while index <= last:
@@ -491,18 +487,17 @@ class CachedFetch:
                 fresh = {i: data[(i - index) * bs:(i - index + 1) * bs]
                          for i in range(index, run_end + 1)}
                 if await self._store_later(fresh, hi - lo):
-                    handed.update(fresh)
+                    released.update(fresh)
                 if lo == start and hi == end:
                     return raw  # the whole request was one GET: no copy (a pooled buffer stays one)
                 pieces.append(data[max(start, lo) - lo:min(end, hi) - lo])
                 index = run_end + 1
         finally:
-            self._done(i for i in missing if i not in handed)
+            self._done(i for i in claimed if i not in released)
         return pieces[0] if len(pieces) == 1 else Blocks.of(pieces)
 
     def _done(self, indexes: Iterable[int]) -> None:
         for index in list(indexes):
-            self._settled[index] = self._settled.get(index, 0) + 1
             if (busy := self._busy.pop(index, None)) is not None:
                 busy.set()
 
