@@ -112,15 +112,15 @@ class SeaweedS3:
                 wait_until(self._ready, timeout, f"SeaweedFS S3 on port {self.port}")
                 return self
             except ServerExited:
-                self._kill()
-                shutil.rmtree(self.workdir / "data", ignore_errors=True)  # a failed start's
                 if attempt == attempts:
                     self.stop()
                     raise
+                self._kill()
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)  # a failed start's
             except BaseException:
                 self.stop()
                 raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
 
     def _launch(self) -> None:
         names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
