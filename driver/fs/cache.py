@@ -204,9 +204,12 @@ class BlockCache:
                     continue
                 opened.append((index, lo, hi, path, fd))
                 start = lo // sector * sector
-                with contextlib.suppress(OSError):  # the header and the data: one wait
-                    os.posix_fadvise(fd, 0, HEADER_SIZE, os.POSIX_FADV_WILLNEED)
-                    os.posix_fadvise(fd, HEADER_SIZE + start, hi - start,
+                # The header and the data in one wait (one range when they are adjacent).
+                offset = HEADER_SIZE + start if start else 0
+                with contextlib.suppress(OSError):
+                    if start:
+                        os.posix_fadvise(fd, 0, HEADER_SIZE, os.POSIX_FADV_WILLNEED)
+                    os.posix_fadvise(fd, offset, HEADER_SIZE + hi - offset,
                                      os.POSIX_FADV_WILLNEED)
             for index, lo, hi, path, fd in opened:
                 first = lo // sector

@@ -38,7 +38,8 @@ def test_a_start_whose_port_was_taken_is_made_again_on_fresh_ports(monkeypatch) 
         holder.listen()
         chosen = _taken_first(monkeypatch, holder.getsockname()[1], launches=1)
         with SeaweedS3() as server:
-            server.client().put_object(Bucket=_bucket(server), Key="k", Body=b"ok")
+            server.client().create_bucket(Bucket="devservers")
+            server.client().put_object(Bucket="devservers", Key="k", Body=b"ok")
             assert server.process is not None and server.process.poll() is None
     assert len(chosen) == 2 and chosen[1][0] != chosen[0][0]
     assert server.process is None and not server.workdir.exists()
@@ -55,7 +56,3 @@ def test_a_server_that_never_starts_is_reported_with_its_log(monkeypatch) -> Non
     assert len(chosen) == 3
     assert server.process is None and not server.workdir.exists()
 
-
-def _bucket(server: SeaweedS3) -> str:
-    server.client().create_bucket(Bucket="devservers")
-    return "devservers"

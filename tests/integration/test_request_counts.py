@@ -57,8 +57,12 @@ def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp
     try:
         # The mount lists its root as it comes up; that LIST answers the lookup of "dir".
         snapshots: list[dict[str, int]] = []
-        wait_until(lambda: snapshots.append(_snapshot(mounted.pid, counts)) or
-                   snapshots[-1].get("list_page", 0) >= 1, 10, "the root listed ahead")
+
+        def root_listed() -> bool:
+            snapshots.append(_snapshot(mounted.pid, counts))
+            return snapshots[-1].get("list_page", 0) >= 1
+
+        wait_until(root_listed, 10, "the root listed ahead")
         start = snapshots[-1]
         assert start.get("list_page") == 1
         listed = subprocess.run(["ls", "dir"], cwd=target, capture_output=True, text=True,
