@@ -100,10 +100,9 @@ class _Read:
 class Connections:
     """Requests on one connection per (thread, scheme, host): worker threads never share."""
 
-    def __init__(self, verify: bool | str, options: list[tuple[int, int, Any]],
+    def __init__(self, tls: ssl.SSLContext | None, options: list[tuple[int, int, Any]],
                  connect_timeout: float | None, read_timeout: float | None) -> None:
-        self._tls: ssl.SSLContext | None = None
-        self._verify = verify
+        self._tls = tls  # for an https endpoint; None: plain http only
         self._options = list(options)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -126,26 +125,10 @@ class Connections:
             verify = session._verify
         except AttributeError:
             return None
-        if not isinstance(options, list) or not (connect is None or
-                                                 isinstance(connect, int | float)) or \
-                not (read is None or isinstance(read, int | float)):
+        if not isinstance(options, list) or not (_seconds(connect) and _seconds(read)):
             return None
-        return cls(verify, options, connect, read)
-
-    def _context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            context = create_urllib3_context()  # botocore's TLS defaults
-            if self._verify:
-                context.verify_mode = ssl.CERT_REQUIRED
-                context.check_hostname = True
-                cert_path = get_cert_path(self._verify)
-                if cert_path:
-                    context.load_verify_locations(cafile=cert_path)
-            else:  # verify=False: what botocore sends with CERT_NONE
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._tls = context
-        return self._tls
+        https = urlsplit(url).scheme.lower() == "https"
+        return cls(_tls_context(verify) if https else None, options, connect, read)
 
     def _connection(self, scheme: str, host: str, port: int) -> _Connection:
         connections: dict[tuple[str, str, int], _Connection] | None = \
@@ -154,8 +137,8 @@ class Connections:
             connections = self._local.connections = {}
         connection = connections.get((scheme, host, port))
         if connection is None:
-            connection = _Connection(host, port, self._context() if scheme == "https" else None,
-                                     self._options, self._connect_timeout, self._read_timeout)
+            connection = _Connection(host, port, self._tls, self._options,
+                                     self._connect_timeout, self._read_timeout)
             connections[(scheme, host, port)] = connection
         return connection
 
@@ -164,7 +147,8 @@ class Connections:
         """One request; its response (a body read whole unless `stream`)."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        if scheme not in _DEFAULT_PORTS or not parts.hostname or \
+                (scheme == "https") != (self._tls is not None):
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=url)
         port = parts.port or _DEFAULT_PORTS[scheme]
         # The Host header botocore signed: the port only when it is not the scheme's own.
@@ -175,33 +159,36 @@ class Connections:
         connection = self._connection(scheme, parts.hostname, port)
         if connection.response is not None and not connection.response.isclosed():
             connection.close()  # a body left unread: this connection cannot go on
-        for attempt in (1, 2):
-            reused = connection.sock is not None
-            if not reused:
-                self._connect(connection, url)
-            try:
-                connection.putrequest(method, target, skip_host=True,
-                                      skip_accept_encoding=True)
-                connection.putheader("Host", host)
-                for name, value in headers.items():
-                    connection.putheader(name, value)
-                connection.endheaders()
-                response = connection.getresponse()
-                connection.response = response
-                if not stream:
-                    return AWSResponse(url, response.status, response.msg,
-                                       _Read(response.read()))
-                return AWSResponse(url, response.status, response.msg,
-                                   _Stream(response, connection))
-            except BaseException as exc:
-                connection.close()
-                if attempt == 1 and reused and isinstance(exc, _STALE):
-                    continue  # closed by the server while idle: once more, on a new one
-                failure = _failure(exc, url)
-                if failure is None:
-                    raise
-                raise failure from exc
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        return self._exchange(connection, url, method, target, host, headers, stream,
+                              retry_stale=True)
+
+    def _exchange(self, connection: _Connection, url: str, method: str, target: str,
+                  host: str, headers: Mapping[str, str | bytes], stream: bool,
+                  retry_stale: bool) -> AWSResponse:
+        if connection.sock is None:
+            self._connect(connection, url)
+            retry_stale = False  # a fresh connection's failure is the server's answer
+        try:
+            connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+            connection.putheader("Host", host)
+            for name, value in headers.items():
+                connection.putheader(name, value)
+            connection.endheaders()
+            response = connection.getresponse()
+            connection.response = response
+            if not stream:
+                return AWSResponse(url, response.status, response.msg, _Read(response.read()))
+            return AWSResponse(url, response.status, response.msg, _Stream(response, connection))
+        except BaseException as exc:
+            connection.close()
+            if retry_stale and isinstance(exc, _STALE):
+                # Closed by the server while idle: once more, on a new connection.
+                return self._exchange(connection, url, method, target, host, headers, stream,
+                                      retry_stale=False)
+            failure = _failure(exc, url)
+            if failure is None:
+                raise
+            raise failure from exc
 
     @staticmethod
     def _connect(connection: _Connection, url: str) -> None:
@@ -214,6 +201,26 @@ class Connections:
         except OSError as exc:  # refused, unreachable, no such host
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=url,
                                                               error=exc) from exc
+
+
+def _seconds(timeout: object) -> bool:
+    """A timeout this module can give a socket: None (none) or a number of seconds."""
+    return timeout is None or isinstance(timeout, int | float)
+
+
+def _tls_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS context botocore builds for `verify` (True, False or a CA bundle path)."""
+    context = create_urllib3_context()  # botocore's TLS defaults
+    if verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
+        cert_path = get_cert_path(verify)
+        if cert_path:
+            context.load_verify_locations(cafile=cert_path)
+    else:  # verify=False: what botocore sends with CERT_NONE
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _failure(exc: BaseException, url: str) -> Exception | None:

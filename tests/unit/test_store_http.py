@@ -99,7 +99,7 @@ def serve() -> Iterator:
 
 
 def connections(read_timeout: float = 5.0) -> Connections:
-    return Connections(True, [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], 2.0, read_timeout)
+    return Connections(None, [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], 2.0, read_timeout)
 
 
 def test_requests_of_one_thread_share_one_kept_alive_connection(serve):
@@ -162,3 +162,15 @@ def test_a_session_with_a_proxy_or_a_client_certificate_sends_itself():
     assert Connections.of(URLLib3Session(), url) is not None
     assert Connections.of(URLLib3Session(proxies={"https": "http://127.0.0.1:1"}), url) is None
     assert Connections.of(URLLib3Session(client_cert="/nonexistent.pem"), url) is None
+
+
+
+def test_a_scheme_other_than_the_endpoints_is_refused_before_it_connects(serve):
+    server = serve([OK])
+    https = Connections.of(URLLib3Session(), server.url().replace("http:", "https:"))
+    assert https is not None  # made for an https endpoint: never speaks plain http
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        https.send("GET", server.url(), {})
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        connections().send("GET", server.url().replace("http:", "https:"), {})
+    assert server.connections == 0
