@@ -270,6 +270,9 @@ class MountOptions:
     auto_unmount: bool = False  # the kernel unmounts when the server exits (fusermount3)
     infer_content_type: bool = False  # Content-Type of new objects from their names
     log_metrics: bool = False  # log a summary of store requests periodically
+    # Every thread of the FUSE server on one CPU: thread hand-offs and GIL passes become
+    # local wake-ups instead of cross-CPU ones (README, Performance).
+    single_cpu: bool = False
 
     @property
     def addressing_path_style(self) -> bool:
@@ -422,6 +425,8 @@ OPTION_SPECS: dict[str, OptionSpec] = {
                    help="target throughput; sizes --max-threads when that is not given"),
         OptionSpec("log-metrics", _parse_bool, flag=True,
                    help="log a summary of store requests every minute"),
+        OptionSpec("single-cpu", _parse_bool, flag=True,
+                   help="run every thread of the FUSE server on one CPU (the one it starts on)"),
         OptionSpec("bucket-type", _bucket_type, help="general-purpose (directory: refused)"),
         OptionSpec("cache-xz", _refuse(
             "S3 Express One Zone caches are not supported: directory buckets need "

@@ -123,6 +123,18 @@ def test_log_metrics_logs_request_counts(s3, bucket, mount):
     assert '"store requests"' in log and '"GetObject": {"2xx": 1}' in log
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to confine to one")
+def test_single_cpu_runs_every_server_thread_on_one_cpu(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="f", Body=b"y" * 100)
+    mnt = mount(bucket, "--single-cpu")
+    assert (mnt / "f").read_bytes() == b"y" * 100  # its worker threads exist by now
+    threads = mnt.process.threads()
+    assert len(threads) > 1
+    cpus = {tuple(sorted(os.sched_getaffinity(thread.id))) for thread in threads}
+    assert len(cpus) == 1 and len(cpus.pop()) == 1
+    assert '"confined to one CPU"' in mnt.log()
+
+
 def test_auto_unmount_unmounts_when_the_server_dies(s3, bucket, mount):
     import signal
 

@@ -99,10 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="4 KiB files read (default 1000, 200 quick)")
     parser.add_argument("--quick", action="store_true", help="short durations and counts")
     parser.add_argument("--variant", action="append", default=[],
-                        metavar="NAME:ENV=VALUE[,ENV=VALUE]",
-                        help="one more client: our mount with this environment, named "
-                        "cloudbucket-NAME and run in turn with the others, so a setting's "
-                        "cost is a same-run ratio (e.g. nometrics:CLOUDBUCKET_METRICS=off)")
+                        metavar="NAME:ENV=VALUE|--FLAG[,...]",
+                        help="one more client: our mount with this environment and these "
+                        "mount flags, named cloudbucket-NAME and run in turn with the others, "
+                        "so a setting's cost is a same-run ratio (e.g. "
+                        "nometrics:CLOUDBUCKET_METRICS=off or single-cpu:--single-cpu)")
     parser.add_argument("--peers", default="s3fs,boto3",
                         help="all, none, or a comma list of s3fs, rclone, boto3 "
                         "(default s3fs,boto3: the comparators of the targets)")
@@ -549,8 +550,11 @@ def build_clients(args: argparse.Namespace, server: SeaweedS3, bucket: str, work
     clients: list[Client] = [ours]
     for variant in args.variant:
         name, _, assignments = variant.partition(":")
-        env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        items = [item for item in assignments.split(",") if item]
+        flags = tuple(item for item in items if item.startswith("--"))
+        env = dict(item.split("=", 1) for item in items if not item.startswith("--"))
         clients.append(dataclasses.replace(ours, name=f"{OURS}-{name}", env={**ours.env, **env},
+                                           flags=ours.flags + flags,
                                            log_prefix=f"{OURS}-{name}", _variants={}))
     skipped: dict[str, str] = {}
     for name in select_peers(args.peers):
