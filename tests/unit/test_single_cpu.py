@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from driver.options import MountOptions, parse_option_values
+from driver.options import MountOptions, parse_mount_flags, parse_option_values
 
 CHILD = r"""
 import json, os, threading
@@ -40,6 +40,8 @@ def test_the_option_is_off_by_default_and_a_flag():
     assert MountOptions().single_cpu is False
     assert parse_option_values({"single-cpu": True}).single_cpu is True
     assert "--single-cpu" in parse_option_values({"single-cpu": True}).to_args()
+    assert parse_mount_flags(["single-cpu"]).single_cpu is True  # a PV's mountOptions
+    assert MountOptions.from_dict(MountOptions(single_cpu=True).to_dict()).single_cpu
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to confine to one")
