@@ -164,7 +164,6 @@ def test_a_session_with_a_proxy_or_a_client_certificate_sends_itself():
     assert Connections.of(URLLib3Session(client_cert="/nonexistent.pem"), url) is None
 
 
-
 def test_a_scheme_other_than_the_endpoints_is_refused_before_it_connects(serve):
     server = serve([OK])
     https = Connections.of(URLLib3Session(), server.url().replace("http:", "https:"))
