@@ -3,10 +3,12 @@
 Design: an object version (bucket, key, ETag or GCS generation, size) is cut into fixed
 `block_size` blocks; block `i` lives in one file named by a hash of the version and `i`,
 `v2/blocks/<aa>/<version-hash>_<i>`. Each file starts with a header (magic, length, block
-index, version hash, and a CRC32C for each of the block's SECTORS sectors) checked on every
-read: a read takes only the sectors it needs (a random 256 KiB read of a 1 MiB block reads a
-quarter of it) and verifies each one it takes. A block that fails is deleted and reported
-as a miss, never served, so a torn or bit-rotted file costs one refetch.
+index, version hash, and a CRC32C for each of the block's SECTORS sectors): a read takes only
+the sectors it needs (a random 256 KiB read of a 1 MiB block reads a quarter of it) and
+verifies each one it takes against those CRCs. A block that fails is deleted and reported
+as a miss, never served, so a torn or bit-rotted file costs one refetch. The CRCs of blocks
+this process wrote or has verified are kept in memory (KNOWN_BLOCKS of them), so reading
+such a block again skips its header: one disk read instead of two.
 A block is written to a temporary file and renamed into place, so a reader sees a whole
 block or none (no fsync: after a crash the checksum, not the journal, catches a torn file).
 
@@ -38,21 +40,25 @@ import struct
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import crc32c
 import structlog
 import trio
 
 from driver.fs.buffers import Blocks
+from driver.fs.threads import run_sync
 
 log = structlog.get_logger()
 MiB = 1024 * 1024
 BLOCK_SIZE = 1 * MiB
 _MAGIC = b"CBK2"
 SECTORS = 16  # checksummed pieces per block: what a partial read verifies
-_HEADER = struct.Struct(f"<4sIQ32s{SECTORS}I")  # magic, length, index, version hash, CRCs
+_CRCS = struct.Struct(f"<{SECTORS}I")
+_HEADER = struct.Struct(f"<4sIQ32s{_CRCS.size}s")  # magic, length, index, version hash, CRCs
 HEADER_SIZE = _HEADER.size
 LAYOUT = "v2"
 OLD_LAYOUTS = ("v1",)  # whole-block checksums: removed when a cache directory is opened
@@ -61,6 +67,12 @@ RESERVED_PREFIX = "put-"  # temporary files whose bytes are reserved in the usag
 STALE_TMP_SECONDS = 600.0
 # Keep this much of the disk free when no --max-cache-size is given (mountpoint-s3's rule).
 MIN_FREE_FRACTION = 0.05
+# Blocks whose sector CRCs this process keeps after writing or verifying their header (about
+# 150 bytes each): a read of one of them skips the header, which was a second disk read.
+KNOWN_BLOCKS = 16384
+# A hit bumps its block's mtime (the LRU order all mounts of the directory share) at most this
+# often per process: the utime was one more system call and a dirtied inode on every read.
+LRU_BUMP_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +83,30 @@ class ObjectVersion:
     key: str
     etag: str
     size: int
+    digest: bytes = field(init=False, repr=False, compare=False)  # computed once: every
+    # block read names its file by it
 
-    @property
-    def digest(self) -> bytes:
+    def __post_init__(self) -> None:
         text = "\0".join((self.bucket, self.key, self.etag, str(self.size)))
-        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+        object.__setattr__(self, "digest", digest)
+
+
+def _open_block(path: str) -> int:
+    """A block file opened for reading without an atime update (a read would otherwise
+    dirty the inode of a block just written); EPERM when another user owns it."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+@dataclass(slots=True)
+class _Known:
+    crcs: bytes  # packed, as in the header
+    bumped: float  # time.monotonic() when this process last set the block's mtime
 
 
 @dataclass
@@ -104,6 +135,11 @@ class BlockCache:
         self._lock_fd = -1
         self._usage_fd = -1
         self._warned = False
+        # Sector CRCs of blocks whose header was written or verified here, by block path. A
+        # block's name is bound to its version and index, so any file of that name holds the
+        # same bytes: data read against these CRCs is as checked as against its header.
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -184,85 +220,119 @@ class BlockCache:
         """Bytes [lo, hi) of each cached block (index, lo, hi) in `wanted` that is intact
         in the sectors holding them; a damaged block is deleted.
 
-        Every file is opened and its header and range handed to the kernel's read-ahead
-        (POSIX_FADV_WILLNEED) before the first is read, so the disk sees all their reads at
-        once rather than one block at a time: on this project's test machine that doubles
-        a cold 16-block read.
+        Every file is opened and its range (with its header, unless this process knows the
+        block's CRCs already) handed to the kernel's read-ahead (POSIX_FADV_WILLNEED) before
+        the first is read, so the disk sees all their reads at once rather than one block at
+        a time: on this project's test machine that doubles a cold 16-block read.
         """
         if not self.readable:
             return {}
-        opened: list[tuple[int, int, int, str, int]] = []  # index, lo, hi, path, fd
+        opened: list[tuple[int, int, int, str, int, _Known | None]] = []
         found: dict[int, memoryview] = {}
         sector = self.sector_size
         try:
             for index, lo, hi in wanted:
                 path = self.path(version, index)
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    fd = _open_block(path)
                 except OSError:  # absent or evicted under us: a miss
                     self.stats.misses += 1
+                    self.forget(path)
                     continue
-                opened.append((index, lo, hi, path, fd))
+                known = self._known_block(path)
+                opened.append((index, lo, hi, path, fd, known))
                 start = lo // sector * sector
                 # The header and the data in one wait (one range when they are adjacent).
-                offset = HEADER_SIZE + start if start else 0
+                offset = HEADER_SIZE + start if start or known else 0
                 with contextlib.suppress(OSError):
-                    if start:
+                    if offset and not known:
                         os.posix_fadvise(fd, 0, HEADER_SIZE, os.POSIX_FADV_WILLNEED)
                     os.posix_fadvise(fd, offset, HEADER_SIZE + hi - offset,
                                      os.POSIX_FADV_WILLNEED)
-            for index, lo, hi, path, fd in opened:
+            for index, lo, hi, path, fd, known in opened:
                 first = lo // sector
                 end = min(-(-hi // sector) * sector, self.block_length(version, index))
-                data = self._read_sectors(version, index, path, fd, first, end)
+                data = self._read_sectors(version, index, path, fd, first, end, known)
                 if data is not None:
                     found[index] = data[lo - first * sector:hi - first * sector]
         finally:
-            for *_, fd in opened:
+            for *_, fd, _ in opened:
                 os.close(fd)
         return found
 
     def _read_sectors(self, version: ObjectVersion, index: int, path: str, fd: int,
-                      first: int, end: int) -> memoryview | None:
-        """The data from sector `first` to byte `end` of a block, each sector verified."""
+                      first: int, end: int, known: _Known | None) -> memoryview | None:
+        """The data from sector `first` to byte `end` of a block, each sector verified
+        against the `known` CRCs or, when this process has none, the block's header."""
         sector = self.sector_size
         try:
-            header = os.pread(fd, HEADER_SIZE, 0)
+            header = None if known else os.pread(fd, HEADER_SIZE, 0)
             data = memoryview(os.pread(fd, end - first * sector, HEADER_SIZE + first * sector))
         except OSError:  # unreadable: a miss
             self.stats.misses += 1
             return None
-        if not self._intact(header, data, version, index, first, end):
+        crcs = known.crcs if known else self._header_crcs(header or b"", version, index)
+        sums = self.packed_crcs(data) if len(data) == end - first * sector else None
+        if crcs is None or sums != crcs[4 * first:4 * first + len(sums or b"")]:
             self.stats.corrupt += 1
             log.warning("dropping a damaged cache block", cache_dir=self.root, block=path)
+            self.forget(path)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             return None
-        with contextlib.suppress(OSError):
-            os.utime(fd)  # LRU: a hit makes the block young
+        now = time.monotonic()
+        if known is None or now - known.bumped >= LRU_BUMP_SECONDS:
+            with contextlib.suppress(OSError):
+                os.utime(fd)  # LRU: a hit makes the block young
+            self._remember(path, crcs, now)
         self.stats.hits += 1
         return data
 
-    def _intact(self, header: bytes, data: memoryview, version: ObjectVersion, index: int,
-                first: int, end: int) -> bool:
-        if len(header) < HEADER_SIZE or len(data) != end - first * self.sector_size:
-            return False
-        magic, length, stored_index, digest, *crcs = _HEADER.unpack(header)
+    def _header_crcs(self, header: bytes, version: ObjectVersion, index: int) -> bytes | None:
+        """The packed sector CRCs of a header that names this block of `version`, else None."""
+        if len(header) < HEADER_SIZE:
+            return None
+        magic, length, stored_index, digest, crcs = _HEADER.unpack(header)
         if magic != _MAGIC or stored_index != index or digest != version.digest \
                 or length != self.block_length(version, index):
-            return False
-        sums = self.sector_crcs(data)
-        return sums == crcs[first:first + len(sums)]
+            return None
+        return crcs  # type: ignore[no-any-return]
 
-    def sector_crcs(self, data: memoryview | bytes) -> list[int]:
-        """The CRC32C of each sector of `data`, which starts on a sector boundary."""
+    def _known_block(self, path: str) -> _Known | None:
+        with self._known_lock:
+            known = self._known.get(path)
+            if known is not None:
+                self._known.move_to_end(path)
+            return known
+
+    def _remember(self, path: str, crcs: bytes, bumped: float) -> None:
+        """Keep a block's CRCs; `bumped`: when its mtime was last set (written or hit)."""
+        with self._known_lock:
+            self._known[path] = _Known(crcs, bumped)
+            self._known.move_to_end(path)
+            if len(self._known) > KNOWN_BLOCKS:
+                self._known.popitem(last=False)
+
+    def forget(self, path: str) -> None:
+        with self._known_lock:
+            self._known.pop(path, None)
+
+    def packed_crcs(self, data: memoryview | bytes) -> bytes:
+        """The CRC32C of each sector of `data` (which starts on a sector boundary), packed
+        as in a block's header."""
         view, sector = memoryview(data), self.sector_size
-        return [crc32c.crc32c(view[at:at + sector]) for at in range(0, len(view), sector)]
+        sums = [crc32c.crc32c(view[at:at + sector]) for at in range(0, len(view), sector)]
+        return struct.pack(f"<{len(sums)}I", *sums)
 
-    def header(self, version: ObjectVersion, index: int, crcs: list[int]) -> bytes:
-        """The header of block `index` of `version`, whose sectors have these CRCs."""
+    def header(self, version: ObjectVersion, index: int, crcs: bytes) -> bytes:
+        """The header of block `index` of `version`, whose sectors have these packed CRCs."""
         return _HEADER.pack(_MAGIC, self.block_length(version, index), index, version.digest,
-                            *crcs, *([0] * (SECTORS - len(crcs))))
+                            crcs.ljust(_CRCS.size, b"\0"))
+
+    def placed(self, path: str, crcs: bytes) -> None:
+        """A block with these CRCs was renamed into place at `path` by this process."""
+        self.stats.written += 1
+        self._remember(path, crcs.ljust(_CRCS.size, b"\0"), time.monotonic())
 
     def put(self, version: ObjectVersion, index: int, data: bytes | memoryview) -> bool:
         """Store a block atomically; False when it was not stored (full, off, present)."""
@@ -282,12 +352,13 @@ class BlockCache:
                 if not self._reserve(size, pending=True):
                     return False
                 reserved = True
-                out.write(self.header(version, index, self.sector_crcs(data)))
+                crcs = self.packed_crcs(data)
+                out.write(self.header(version, index, crcs))
                 out.write(data)
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.replace(tmp, path)
             tmp = None
-            self.stats.written += 1
+            self.placed(path, crcs)
             return True
         except OSError as exc:
             if reserved:
@@ -392,6 +463,7 @@ class BlockCache:
 
     def _unlink(self, item: tuple[float, int, str], total: int) -> int:
         _, size, path = item
+        self.forget(path)
         with contextlib.suppress(FileNotFoundError):  # another mount evicted it first
             os.unlink(path)
         self.stats.evicted += 1
@@ -468,8 +540,8 @@ class CachedFetch:
             self._busy[index] = trio.Event()
         released: set[int] = set()  # claims ended here or handed to the block's store
         try:
-            cached = await trio.to_thread.run_sync(self.cache.read_blocks, self.version,
-                                                   wanted, limiter=self._limiter)
+            cached = await run_sync(partial(self.cache.read_blocks, self.version, wanted),
+                                    self._limiter)
             self._done(cached)
             released.update(cached)
             pieces: list[bytes | memoryview] = []
@@ -514,7 +586,7 @@ class CachedFetch:
 
     async def _store(self, blocks: dict[int, memoryview], size: int) -> None:
         try:
-            await trio.to_thread.run_sync(self._put_blocks, blocks, limiter=self._limiter)
+            await run_sync(partial(self._put_blocks, blocks), self._limiter)
         finally:
             self._writes.give_back(size)
             self._done(blocks)
@@ -544,7 +616,7 @@ class BlockWriter:
         self._writes = writes
         self._pending = bytearray()
         self._size = 0  # bytes seen
-        self._staged: list[tuple[int, str, int, list[int]]] = []  # index, tmp, length, CRCs
+        self._staged: list[tuple[int, str, int, bytes]] = []  # index, tmp, length, CRCs
         self._next_index = 0
         self.active = cache.writable
 
@@ -567,8 +639,7 @@ class BlockWriter:
         self._next_index += 1
         await self._writes.take(len(block))
         try:
-            staged = await trio.to_thread.run_sync(self._stage_sync, index, block,
-                                                   limiter=self._limiter)
+            staged = await run_sync(partial(self._stage_sync, index, block), self._limiter)
         finally:
             self._writes.give_back(len(block))
         if staged is None:
@@ -576,7 +647,7 @@ class BlockWriter:
         else:
             self._staged.append(staged)
 
-    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, list[int]] | None:
+    def _stage_sync(self, index: int, block: bytes) -> tuple[int, str, int, bytes] | None:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.cache.tmp_dir, prefix="stage-")  # 0600
             with open(fd, "wb") as out:
@@ -585,7 +656,7 @@ class BlockWriter:
         except OSError as exc:
             self.cache._degrade("cannot write to the cache directory", exc)
             return None
-        return index, tmp, len(block), self.cache.sector_crcs(block)
+        return index, tmp, len(block), self.cache.packed_crcs(block)
 
     async def finish(self, etag: str, size: int) -> None:
         """The upload committed `size` bytes as `etag`: name the staged blocks after it."""
@@ -600,11 +671,10 @@ class BlockWriter:
         version = ObjectVersion(self.bucket, self.key, etag, size)
         staged, self._staged = self._staged, []
         self.active = False
-        await trio.to_thread.run_sync(self._name_blocks, version, staged,
-                                      limiter=self._limiter)
+        await run_sync(partial(self._name_blocks, version, staged), self._limiter)
 
     def _name_blocks(self, version: ObjectVersion,
-                     staged: list[tuple[int, str, int, list[int]]]) -> None:
+                     staged: list[tuple[int, str, int, bytes]]) -> None:
         for position, (index, tmp, length, crcs) in enumerate(staged):
             try:
                 if not self.cache.writable or not self.cache._reserve(HEADER_SIZE + length):
@@ -618,7 +688,7 @@ class BlockWriter:
                 path = self.cache.path(version, index)
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 os.replace(tmp, path)
-                self.cache.stats.written += 1
+                self.cache.placed(path, crcs)
             except OSError:
                 for _, leftover, _, _ in staged[position:]:
                     with contextlib.suppress(OSError):
@@ -630,10 +700,10 @@ class BlockWriter:
         staged, self._staged = self._staged, []
         self._pending.clear()
         if staged:
-            await trio.to_thread.run_sync(self._unlink_all, staged, limiter=self._limiter)
+            await run_sync(partial(self._unlink_all, staged), self._limiter)
 
     @staticmethod
-    def _unlink_all(staged: list[tuple[int, str, int, list[int]]]) -> None:
+    def _unlink_all(staged: list[tuple[int, str, int, bytes]]) -> None:
         for _, tmp, _, _ in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

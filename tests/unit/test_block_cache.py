@@ -77,12 +77,18 @@ def test_existing_loose_directory_is_made_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
-@pytest.mark.parametrize("where", ["data", "crc", "index", "truncated"])
-def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str) -> None:
-    cache = _cache(tmp_path)
+# The cache that wrote a block keeps its CRCs and reads it without the header; another
+# (a remount, a second mount of the volume) reads the header first. Both check the data.
+@pytest.mark.parametrize(("where", "reader"), [
+    ("data", "writer"), ("truncated", "writer"),
+    ("data", "remount"), ("crc", "remount"), ("index", "remount"), ("truncated", "remount"),
+])
+def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str, reader: str) -> None:
+    writer = _cache(tmp_path)
     version = _version(BS)
     data = os.urandom(BS)
-    assert cache.put(version, 0, data)
+    assert writer.put(version, 0, data)
+    cache = writer if reader == "writer" else _cache(tmp_path)
     (block,) = _block_files(tmp_path)
     raw = bytearray(block.read_bytes())
     if where == "data":
@@ -101,6 +107,29 @@ def test_damaged_block_is_dropped_not_served(tmp_path: Path, where: str) -> None
     assert any("damaged" in entry["event"] for entry in logs)
     assert cache.put(version, 0, data)  # refetched data can be cached again
     assert bytes(cache.get(version, 0) or b"") == data
+
+
+def test_known_crcs_spare_the_header_read_but_the_data_is_still_checked(tmp_path: Path) -> None:
+    writer = _cache(tmp_path)
+    version = _version(BS)
+    data = os.urandom(BS)
+    assert writer.put(version, 0, data)
+    (block,) = _block_files(tmp_path)
+    raw = bytearray(block.read_bytes())
+    raw[12] = 7  # the header now names block 7
+    block.write_bytes(bytes(raw))
+    # The writer knows what it wrote: the bytes it serves are the bytes it wrote.
+    assert bytes(writer.get(version, 0) or b"") == data
+    with capture_logs():
+        assert _cache(tmp_path).get(version, 0) is None  # read through the header: dropped
+    assert writer.put(version, 0, data)
+    (block,) = _block_files(tmp_path)
+    raw = bytearray(block.read_bytes())
+    raw[HEADER_SIZE + 5] ^= 0x01
+    block.write_bytes(bytes(raw))
+    with capture_logs():
+        assert writer.get(version, 0) is None  # the known CRCs catch damaged data
+    assert not block.exists() and writer.stats.corrupt == 1
 
 
 def test_a_partial_read_takes_and_verifies_only_the_sectors_it_covers(tmp_path: Path) -> None:
@@ -155,6 +184,24 @@ def test_lru_eviction_keeps_the_directory_under_the_limit(tmp_path: Path) -> Non
     assert bytes(cache.get(version, 0) or b"") == blocks[0]
     assert cache.get(version, 1) is None  # the oldest unused went first
     assert cache.stats.evicted >= 30
+
+
+def test_a_hit_bumps_the_lru_mtime_at_most_every_lru_bump_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _cache(tmp_path)
+    version = _version(BS)
+    assert cache.put(version, 0, os.urandom(BS))
+    path = cache.path(version, 0)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    assert cache.get(version, 0) is not None
+    assert os.stat(path).st_mtime == pytest.approx(old)  # written here moments ago: left
+    assert _cache(tmp_path).get(version, 0) is not None  # another mount's first hit bumps
+    assert os.stat(path).st_mtime > old + 3000
+    os.utime(path, (old, old))
+    monkeypatch.setattr(cache_module, "LRU_BUMP_SECONDS", 0.0)
+    assert cache.get(version, 0) is not None
+    assert os.stat(path).st_mtime > old + 3000
 
 
 def test_two_caches_on_one_directory_share_the_limit(tmp_path: Path) -> None:
