@@ -1,6 +1,6 @@
 # Benchmarks (tests/perf): our mount vs s3fs-fuse, rclone mount and raw boto3 on SeaweedFS.
 # `make bench` runs every workload with 1 GiB objects against s3fs and boto3, 5 interleaved
-# runs each (about 15 minutes on 2 cores). It refuses to start on a busy machine (load > 0.5,
+# runs each (15-20 minutes on 2 cores). It refuses to start on a busy machine (load > 0.5,
 # another FUSE mount, a test server running); BENCH_ARGS adds flags, e.g.
 # `make bench BENCH_ARGS="--size-mib 256 --repeat 1"`, or `--force` to run anyway, or
 # `--peers all` to add rclone.
