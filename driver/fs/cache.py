@@ -68,8 +68,9 @@ STALE_TMP_SECONDS = 600.0
 # Keep this much of the disk free when no --max-cache-size is given (mountpoint-s3's rule).
 MIN_FREE_FRACTION = 0.05
 # Blocks whose sector CRCs this process keeps after writing or verifying their header (about
-# 150 bytes each): a read of one of them skips the header, which was a second disk read.
-KNOWN_BLOCKS = 16384
+# 400 bytes each with the path: 3 MiB when full): a read of one skips the header, which was a
+# second disk read.
+KNOWN_BLOCKS = 8192
 # A hit bumps its block's mtime (the LRU order all mounts of the directory share) at most this
 # often per process: the utime was one more system call and a dirtied inode on every read.
 LRU_BUMP_SECONDS = 30.0
