@@ -132,6 +132,23 @@ def test_known_crcs_spare_the_header_read_but_the_data_is_still_checked(tmp_path
     assert not block.exists() and writer.stats.corrupt == 1
 
 
+def test_only_known_blocks_most_recently_used_are_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "KNOWN_BLOCKS", 2)
+    cache = _cache(tmp_path)
+    version = _version(3 * BS)
+    for index in range(3):
+        assert cache.put(version, index, os.urandom(BS))
+    for index in (0, 2):  # block 0 forgotten when block 2 was written
+        path = Path(cache.path(version, index))
+        raw = bytearray(path.read_bytes())
+        raw[12] = 7  # a header naming another block
+        path.write_bytes(bytes(raw))
+    with capture_logs():
+        assert cache.get(version, 0) is None  # read through its header: dropped
+    assert cache.get(version, 2) is not None  # still known: its header is not read
+
+
 def test_a_partial_read_takes_and_verifies_only_the_sectors_it_covers(tmp_path: Path) -> None:
     cache = _cache(tmp_path)
     sector = cache.sector_size
