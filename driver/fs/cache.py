@@ -57,8 +57,8 @@ MiB = 1024 * 1024
 BLOCK_SIZE = 1 * MiB
 _MAGIC = b"CBK2"
 SECTORS = 16  # checksummed pieces per block: what a partial read verifies
-_CRCS = struct.Struct(f"<{SECTORS}I")
-_HEADER = struct.Struct(f"<4sIQ32s{_CRCS.size}s")  # magic, length, index, version hash, CRCs
+_CRCS_SIZE = 4 * SECTORS  # a little-endian uint32 CRC32C per sector
+_HEADER = struct.Struct(f"<4sIQ32s{_CRCS_SIZE}s")  # magic, length, index, version hash, CRCs
 HEADER_SIZE = _HEADER.size
 LAYOUT = "v2"
 OLD_LAYOUTS = ("v1",)  # whole-block checksums: removed when a cache directory is opened
@@ -84,8 +84,8 @@ class ObjectVersion:
     key: str
     etag: str
     size: int
-    digest: bytes = field(init=False, repr=False, compare=False)  # computed once: every
-    # block read names its file by it
+    # Computed once, in __post_init__: every block read names its file by it.
+    digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         text = "\0".join((self.bucket, self.key, self.etag, str(self.size)))
@@ -106,7 +106,7 @@ def _open_block(path: str) -> int:
 
 @dataclass(slots=True)
 class _Known:
-    crcs: bytes  # packed, as in the header
+    crcs: bytes  # packed, as in the header (a last, short block's may be shorter)
     bumped: float  # time.monotonic() when this process last set the block's mtime
 
 
@@ -242,14 +242,14 @@ class BlockCache:
                     continue
                 known = self._known_block(path)
                 opened.append((index, lo, hi, path, fd, known))
-                start = lo // sector * sector
-                # The header and the data in one wait (one range when they are adjacent).
-                offset = HEADER_SIZE + start if start or known else 0
+                data_at = HEADER_SIZE + lo // sector * sector  # the first sector wanted
+                ranges = [(data_at, HEADER_SIZE + hi - data_at)]
+                if known is None:  # the header too, in one range with the data when adjacent
+                    ranges = ([(0, HEADER_SIZE + hi)] if data_at == HEADER_SIZE
+                              else [(0, HEADER_SIZE), *ranges])
                 with contextlib.suppress(OSError):
-                    if offset and not known:
-                        os.posix_fadvise(fd, 0, HEADER_SIZE, os.POSIX_FADV_WILLNEED)
-                    os.posix_fadvise(fd, offset, HEADER_SIZE + hi - offset,
-                                     os.POSIX_FADV_WILLNEED)
+                    for offset, length in ranges:
+                        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
             for index, lo, hi, path, fd, known in opened:
                 first = lo // sector
                 end = min(-(-hi // sector) * sector, self.block_length(version, index))
@@ -328,12 +328,12 @@ class BlockCache:
     def header(self, version: ObjectVersion, index: int, crcs: bytes) -> bytes:
         """The header of block `index` of `version`, whose sectors have these packed CRCs."""
         return _HEADER.pack(_MAGIC, self.block_length(version, index), index, version.digest,
-                            crcs.ljust(_CRCS.size, b"\0"))
+                            crcs.ljust(_CRCS_SIZE, b"\0"))
 
     def placed(self, path: str, crcs: bytes) -> None:
         """A block with these CRCs was renamed into place at `path` by this process."""
         self.stats.written += 1
-        self._remember(path, crcs.ljust(_CRCS.size, b"\0"), time.monotonic())
+        self._remember(path, crcs, time.monotonic())
 
     def put(self, version: ObjectVersion, index: int, data: bytes | memoryview) -> bool:
         """Store a block atomically; False when it was not stored (full, off, present)."""

@@ -1,12 +1,14 @@
-"""Blocking store calls on worker threads, with less per-call overhead than trio.to_thread.
+"""Blocking store and cache calls on worker threads, with less per-call overhead than
+trio.to_thread.
 
 `trio.to_thread.run_sync` names the worker thread for every call (a string built from the
 task's name, then two `pthread_setname_np` calls through ctypes), copies the context and
 sets up `trio.from_thread` support; with thousands of small GETs a second that showed as ~5%
-of the FUSE server's GIL time. Store calls need none of it, so `run_sync` hands the call to
-trio's own thread cache (`trio.lowlevel.start_thread_soon`, unnamed) and parks the task until
-the thread delivers. As with `to_thread.run_sync`'s default, a cancelled caller waits for
-the call to finish: the thread cannot be stopped, and its result must not be lost silently.
+of the FUSE server's GIL time. Store and cache calls need none of it, so `run_sync` hands
+the call to trio's own thread cache (`trio.lowlevel.start_thread_soon`, unnamed) and parks
+the task until the thread delivers. As with `to_thread.run_sync`'s default, a cancelled
+caller waits for the call to finish: the thread cannot be stopped, and its result must not
+be lost silently.
 """
 
 from __future__ import annotations
