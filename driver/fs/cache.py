@@ -21,8 +21,10 @@ error (ENOSPC, EACCES, EROFS...) turns the cache off for writes with one warning
 still work, from blocks already cached or from the store.
 
 `BlockCache` methods are synchronous and do disk I/O: the filesystem calls them on worker
-threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount),
-never on the FUSE event loop. Freshness is not decided here: a
+threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount). One
+exception: a read of at most one block's bytes runs on the FUSE event loop itself when no
+other request is waiting for it (`CachedFetch`'s `loop_idle`); the hop to a worker and back
+cost more than the disk read. Freshness is not decided here: a
 version's ETag is confirmed by the filesystem (lookup/open HEAD after `--metadata-ttl`),
 and a changed object has a new ETag, hence new block names; old blocks age out by LRU.
 """
@@ -74,6 +76,8 @@ KNOWN_BLOCKS = 8192
 # A hit bumps its block's mtime (the LRU order all mounts of the directory share) at most this
 # often per process: the utime was one more system call and a dirtied inode on every read.
 LRU_BUMP_SECONDS = 30.0
+# A cached read of at most this many bytes may run on the event loop (see CachedFetch).
+LOOP_READ_LIMIT = BLOCK_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,18 +517,26 @@ class CachedFetch:
     it and reads it from the cache, rather than GET it again. Pending writes are bounded
     (`WriteBudget`): when the disk falls behind, fetches wait for it rather than skip
     blocks or pile up memory.
+
+    A request of at most LOOP_READ_LIMIT bytes reads the cache on the calling (event loop)
+    thread when `loop_idle()` says no other request waits for the loop: a random 256 KiB
+    re-read spent more in the two thread hand-offs (wake-ups, the GIL) than on the disk.
+    When requests are waiting, the read goes to a worker as before, so parallel readers
+    still keep several disk reads in flight.
     """
 
     def __init__(self, cache: BlockCache, version: ObjectVersion,
                  fetch: Callable[[int, int], Awaitable[bytes | bytearray]],
                  spawn: Callable[..., None],
-                 io_limiter: trio.CapacityLimiter, writes: WriteBudget) -> None:
+                 io_limiter: trio.CapacityLimiter, writes: WriteBudget,
+                 loop_idle: Callable[[], bool] = lambda: False) -> None:
         self.cache = cache
         self.version = version
         self._fetch = fetch
         self._spawn = spawn
         self._limiter = io_limiter
         self._writes = writes
+        self._loop_idle = loop_idle
         self._busy: dict[int, trio.Event] = {}  # blocks being read, fetched or stored
 
     async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview | Blocks:
@@ -541,8 +553,11 @@ class CachedFetch:
             self._busy[index] = trio.Event()
         released: set[int] = set()  # claims ended here or handed to the block's store
         try:
-            cached = await run_sync(partial(self.cache.read_blocks, self.version, wanted),
-                                    self._limiter)
+            if end - start <= LOOP_READ_LIMIT and self._loop_idle():
+                cached = self.cache.read_blocks(self.version, wanted)
+            else:
+                cached = await run_sync(partial(self.cache.read_blocks, self.version, wanted),
+                                        self._limiter)
             self._done(cached)
             released.update(cached)
             pieces: list[bytes | memoryview] = []

@@ -155,6 +155,7 @@ class Filesystem:
         self._next_fh = 1
         self._negative: dict[tuple[int, str], float] = {}
         self._nursery: trio.Nursery | None = None
+        self._loop_idle: Callable[[], bool] = lambda: False
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
         self.buffers = BufferPool(lambda: self.budget.limit - self.budget.used)
@@ -174,9 +175,13 @@ class Filesystem:
 
     # ------------------------------------------------------------------ plumbing
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Background work (prefetch, part uploads) runs in this nursery."""
+    def attach(self, nursery: trio.Nursery,
+               loop_idle: Callable[[], bool] = lambda: False) -> None:
+        """Background work (prefetch, part uploads) runs in this nursery. `loop_idle()`:
+        no other request waits for the event loop now (short cache reads may then run on
+        it); without one, every disk read goes to a worker thread."""
         self._nursery = nursery
+        self._loop_idle = loop_idle
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any,
                        limiter: trio.CapacityLimiter | None = None) -> Any:
@@ -588,7 +593,7 @@ class Filesystem:
         if self.cache is not None and self.cache.readable and pin.etag:
             version = ObjectVersion(self.store.bucket, pin.key, pin.etag, inode.size)
             source = CachedFetch(self.cache, version, fetch, self._nursery.start_soon,
-                                 self._cache_io, self._cache_writes)
+                                 self._cache_io, self._cache_writes, self._loop_idle)
             align = self.cache.block_size
         return Prefetcher(source, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,

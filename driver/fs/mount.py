@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,30 @@ def raise_read_ahead(device: str | None, kilobytes: int = READ_AHEAD_KB) -> None
         log.warning("could not raise read-ahead", device=device, error=str(exc))
 
 
+def fuse_device_fd(mountpoint: str) -> int | None:
+    """The /dev/fuse descriptor this process serves (after pyfuse3.init): N of a premounted
+    `/dev/fd/N`, else the one libfuse opened, found in /proc/self/fd (pyfuse3 keeps its
+    own copy private)."""
+    if mountpoint.startswith("/dev/fd/"):
+        return int(mountpoint.removeprefix("/dev/fd/"))
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                    return int(name)
+    return None
+
+
+def no_request_waiting(device_fd: int | None) -> Callable[[], bool]:
+    """A probe that is True when the kernel has no request queued for this server (a poll
+    that does not wait and takes nothing); always False when the descriptor is unknown."""
+    if device_fd is None:
+        return lambda: False
+    poller = select.poll()
+    poller.register(device_fd, select.POLLIN)
+    return lambda: not poller.poll(0)
+
+
 def release_large_buffers_to_os(threshold: int = 1024 * 1024) -> None:
     """Make glibc return freed part buffers (1-16 MiB) to the OS at once.
 
@@ -104,7 +129,7 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
     async def main() -> None:
         nonlocal signalled
         async with trio.open_nursery() as nursery:
-            fs.attach(nursery)
+            fs.attach(nursery, no_request_waiting(fuse_device_fd(mountpoint)))
 
             async def watch_signals() -> None:
                 nonlocal signalled

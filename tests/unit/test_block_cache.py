@@ -8,6 +8,7 @@ import os
 import random
 import stat
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -305,7 +306,8 @@ def test_open_removes_stale_temporary_files_and_recounts(tmp_path: Path) -> None
 # --------------------------------------------------------------------- CachedFetch
 
 
-def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str) -> Prefetcher:
+def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str,
+            loop_idle: bool = False) -> Prefetcher:
     data = store.objects[key]
     etag = store.head(key).etag
     version = ObjectVersion(store.bucket, key, etag, len(data))
@@ -315,7 +317,7 @@ def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str) -> Prefetc
         return await trio.to_thread.run_sync(partial(store.get_range, key, start, end, etag))
 
     source = CachedFetch(cache, version, fetch, nursery.start_soon, trio.CapacityLimiter(2),
-                         WriteBudget(64 * BS))
+                         WriteBudget(64 * BS), lambda: loop_idle)
     return Prefetcher(source, len(data), nursery.start_soon, MemoryBudget(64 * BS),
                       part_size=4 * BS, max_parallel=2, align=BS)
 
@@ -552,3 +554,43 @@ def test_an_aborted_write_names_no_block(tmp_path: Path) -> None:
     trio.run(main)
     assert _block_files(tmp_path / "cache") == []
     assert list((tmp_path / "cache" / LAYOUT / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_short_cached_reads_run_on_the_loop_only_when_no_request_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle: bool) -> None:
+    store = MemoryStore()
+    size = 4 * BS
+    store.objects["k"] = random.Random(7).randbytes(size)
+    cache = _cache(tmp_path)
+    version = ObjectVersion(store.bucket, "k", store.head("k").etag, size)
+    for index in range(4):
+        assert cache.put(version, index, store.objects["k"][index * BS:(index + 1) * BS])
+    loop_thread = threading.get_ident()
+    threads: list[tuple[int, bool]] = []  # (bytes asked, ran on the loop's thread)
+    read_blocks = cache.read_blocks
+
+    def recording(version: ObjectVersion, wanted):  # type: ignore[no-untyped-def]
+        wanted = list(wanted)
+        threads.append((sum(hi - lo for _, lo, hi in wanted),
+                        threading.get_ident() == loop_thread))
+        return read_blocks(version, wanted)
+
+    monkeypatch.setattr(cache, "read_blocks", recording)
+    monkeypatch.setattr(cache_module, "LOOP_READ_LIMIT", 2 * BS)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            reader = _reader(nursery, store, cache, "k", loop_idle=idle)
+            offset = BS + 4096  # mid-file: a random reader, each read one request
+            assert await reader.read(offset, BS) == store.objects["k"][offset:offset + BS]
+            reader.close()
+            whole = _reader(nursery, store, cache, "k", loop_idle=idle)  # over the limit
+            assert await whole.read(0, size) == store.objects["k"]
+            whole.close()
+
+    trio.run(main)
+    assert _ranges(store) == []  # all from the cache
+    assert threads[0] == (BS, idle)
+    longer = [on_loop for asked, on_loop in threads if asked > 2 * BS]
+    assert longer and not any(longer)  # a longer read always goes to a worker
