@@ -21,10 +21,9 @@ error (ENOSPC, EACCES, EROFS...) turns the cache off for writes with one warning
 still work, from blocks already cached or from the store.
 
 `BlockCache` methods are synchronous and do disk I/O: the filesystem calls them on worker
-threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount). One
-exception: a read of at most one block's bytes runs on the FUSE event loop itself when no
-other request is waiting for it (`CachedFetch`'s `loop_idle`); the hop to a worker and back
-cost more than the disk read. Freshness is not decided here: a
+threads (`CachedFetch` for reads, `BlockWriter` for files written through the mount), but
+for short reads while the event loop is idle (see `CachedFetch`). Freshness is not decided
+here: a
 version's ETag is confirmed by the filesystem (lookup/open HEAD after `--metadata-ttl`),
 and a changed object has a new ETag, hence new block names; old blocks age out by LRU.
 """
@@ -529,7 +528,7 @@ class CachedFetch:
                  fetch: Callable[[int, int], Awaitable[bytes | bytearray]],
                  spawn: Callable[..., None],
                  io_limiter: trio.CapacityLimiter, writes: WriteBudget,
-                 loop_idle: Callable[[], bool] = lambda: False) -> None:
+                 loop_idle: Callable[[], bool]) -> None:
         self.cache = cache
         self.version = version
         self._fetch = fetch

@@ -155,7 +155,7 @@ class Filesystem:
         self._next_fh = 1
         self._negative: dict[tuple[int, str], float] = {}
         self._nursery: trio.Nursery | None = None
-        self._loop_idle: Callable[[], bool] = lambda: False
+        self._loop_idle: Callable[[], bool]  # set by attach, with the nursery
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
         self.buffers = BufferPool(lambda: self.budget.limit - self.budget.used)
