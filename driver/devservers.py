@@ -133,7 +133,9 @@ class SeaweedS3:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         args = [
-            find_binary("weed"), "mini", f"-dir={data}", f"-ip={LOOPBACK}",
+            # -logdir: glog would otherwise leave its WARNING/ERROR files in /tmp
+            find_binary("weed"), f"-logdir={self.workdir}", "mini", f"-dir={data}",
+            f"-ip={LOOPBACK}",
             f"-ip.bind={LOOPBACK}", "-admin.ui=false", "-webdav=false",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
             f"-filer.localSocket={self.workdir}/filer.sock",

@@ -9,6 +9,7 @@ from the exception's class (driver/failures.py) and whose message is for people.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ from driver.store.base import AccessDenied, BucketNotFound, EndpointUnreachable
 
 log = structlog.get_logger()
 Report = Callable[[Failure | None], None]
+# Allocations before a young collection (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def describe(exc: BaseException, bucket: str, options: MountOptions) -> str:
@@ -76,6 +79,18 @@ def confine_to_one_cpu() -> int | None:
     return cpu
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off what the server built at start (botocore's
+    models, the store) and let it run less often: the hot paths make many short-lived
+    objects and almost no cycles. A listing of 10,000 keys spent a fifth of its CPU in
+    collections (same-run A/B, 5 interleaved rounds of `ls -l`: 0.47 -> 0.35 s, server CPU
+    0.27 -> 0.18 s). A zygote's child was frozen before the fork; this also covers what it
+    built since and the servers of `cloudbucket-csi mount`."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def run(bucket: str, options: MountOptions, mountpoint: str, fsname: str,
         credentials_file: str | None, report: Report,
         metrics_socket: str | None = None) -> int:
@@ -115,6 +130,7 @@ def run(bucket: str, options: MountOptions, mountpoint: str, fsname: str,
             metrics_server = serve_metrics_unix(metrics_socket)
         except OSError as exc:  # not fatal: the mount works, it is only not observed
             log.error("cannot serve metrics", socket=metrics_socket, error=str(exc))
+    tune_gc()
     try:
         status = serve(store, options, mountpoint, fsname, ready)
     finally:
