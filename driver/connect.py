@@ -5,14 +5,12 @@ credentials; it is handed a boto3 session or google-auth credentials). Used by t
 server and by the controller's provisioning calls. mount-s3's client flags are applied
 here too: `--no-sign-request` loads no credentials at all (anonymous requests),
 `--profile` picks a profile of the AWS files, `--ca-bundle` (a PEM file, or PEM text from a
-PV attribute or Secret, written to a private temporary file) sets the CAs TLS trusts.
+PV attribute or Secret, held in an anonymous memory file) sets the CAs TLS trusts.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import tempfile
 from pathlib import Path
 
 from driver.credentials.source import Credentials
@@ -25,15 +23,15 @@ PEM_MARKER = "-----BEGIN"
 
 def ca_bundle_file(value: str | None) -> str | None:
     """A path botocore/requests can use for `value`: the file named, or inline PEM text
-    written to a 0600 temporary file that is removed when this process exits."""
+    held in an anonymous memory file (`/proc/self/fd/N`). It is on no disk and goes with
+    the process however it ends: a temporary file removed at exit outlived every server
+    that was killed or left by `os._exit`."""
     if not value:
         return None
     if value.lstrip().startswith(PEM_MARKER):
-        fd, path = tempfile.mkstemp(prefix="cloudbucket-ca-", suffix=".pem")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value)
-        atexit.register(lambda: Path(path).unlink(missing_ok=True))
-        return path
+        fd = os.memfd_create("cloudbucket-ca")
+        os.write(fd, value.encode())
+        return f"/proc/self/fd/{fd}"
     if not Path(value).is_file():
         raise OptionError("ca-bundle", f"{value} is not a readable file")
     return value

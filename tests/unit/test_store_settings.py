@@ -87,16 +87,21 @@ def test_bind_sets_the_socket_option_of_every_connection():
     assert (socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo") in options
 
 
-def test_ca_bundle_inline_pem_becomes_a_private_file(tmp_path):
+def test_ca_bundle_inline_pem_is_held_in_memory_not_on_disk(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     path = ca_bundle_file(pem)
-    assert path is not None
-    with open(path) as handle:
-        assert handle.read() == pem
-    import os
-    import stat
-
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path is not None and path.startswith("/proc/self/fd/")
+    try:
+        with open(path) as handle:  # what OpenSSL does with a cafile path
+            assert handle.read() == pem
+        assert os.readlink(path).startswith("/memfd:")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        os.close(int(path.rsplit("/", 1)[1]))
     with pytest.raises(OptionError) as caught:
         ca_bundle_file(str(tmp_path / "missing.pem"))
     assert caught.value.field == "ca-bundle"
