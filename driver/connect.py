@@ -10,6 +10,7 @@ PV attribute or Secret, held in an anonymous memory file) sets the CAs TLS trust
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -29,12 +30,20 @@ def ca_bundle_file(value: str | None) -> str | None:
     if not value:
         return None
     if value.lstrip().startswith(PEM_MARKER):
-        fd = os.memfd_create("cloudbucket-ca")
-        os.write(fd, value.encode())
-        return f"/proc/self/fd/{fd}"
+        return _pem_file(value)
     if not Path(value).is_file():
         raise OptionError("ca-bundle", f"{value} is not a readable file")
     return value
+
+
+@functools.cache
+def _pem_file(pem: str) -> str:
+    """One memory file per distinct PEM text for the life of the process: the controller
+    opens a store per request, and a file each time would be a descriptor leaked each time."""
+    fd = os.memfd_create("cloudbucket-ca")
+    os.fchmod(fd, 0o600)
+    os.write(fd, pem.encode())
+    return f"/proc/self/fd/{fd}"
 
 
 def open_store(bucket: str, options: MountOptions, credentials: Credentials,

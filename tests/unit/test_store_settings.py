@@ -6,7 +6,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from driver.connect import ca_bundle_file
+from driver.connect import _pem_file, ca_bundle_file
 from driver.options import OptionError
 from driver.store.s3 import ClientSettings, S3Store
 
@@ -89,6 +89,7 @@ def test_bind_sets_the_socket_option_of_every_connection():
 
 def test_ca_bundle_inline_pem_is_held_in_memory_not_on_disk(tmp_path, monkeypatch):
     import os
+    import stat
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -99,9 +100,12 @@ def test_ca_bundle_inline_pem_is_held_in_memory_not_on_disk(tmp_path, monkeypatc
         with open(path) as handle:  # what OpenSSL does with a cafile path
             assert handle.read() == pem
         assert os.readlink(path).startswith("/memfd:")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert list(tmp_path.iterdir()) == []
+        assert ca_bundle_file(pem) == path  # one descriptor per bundle, not per store opened
     finally:
         os.close(int(path.rsplit("/", 1)[1]))
+        _pem_file.cache_clear()
     with pytest.raises(OptionError) as caught:
         ca_bundle_file(str(tmp_path / "missing.pem"))
     assert caught.value.field == "ca-bundle"
