@@ -132,11 +132,10 @@ class SeaweedS3:
         self._ports = list(ports.values())
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        # -logdir (a global flag, before "mini"): glog would leave its files in /tmp.
         args = [
-            # -logdir: glog would otherwise leave its WARNING/ERROR files in /tmp
             find_binary("weed"), f"-logdir={self.workdir}", "mini", f"-dir={data}",
-            f"-ip={LOOPBACK}",
-            f"-ip.bind={LOOPBACK}", "-admin.ui=false", "-webdav=false",
+            f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", "-admin.ui=false", "-webdav=false",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=1024",
             f"-filer.localSocket={self.workdir}/filer.sock",
             f"-s3.localSocket={self.workdir}/s3.sock",

@@ -83,9 +83,9 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off what the server built at start (botocore's
     models, the store) and let it run less often: the hot paths make many short-lived
     objects and almost no cycles. A listing of 10,000 keys spent a fifth of its CPU in
-    collections (same-run A/B, 5 interleaved rounds of `ls -l`: 0.47 -> 0.35 s, server CPU
-    0.27 -> 0.18 s). A zygote's child was frozen before the fork; this also covers what it
-    built since and the servers of `cloudbucket-csi mount`."""
+    collections (same-run A/B through `make bench`, 5 interleaved rounds: `ls -l`
+    0.50 -> 0.45 s, server CPU 0.28 -> 0.20 s). A zygote's child was frozen before the
+    fork; this also covers what it built since and the servers of `cloudbucket-csi mount`."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
