@@ -64,12 +64,12 @@ class BufferPool:
                     self.held -= size
                     self.reused += 1
                     return free.pop(index)
-        self._trim()  # a fresh buffer is coming: what no longer fits goes back to the OS
+        self._trim(self.room())  # a fresh buffer is coming: what no longer fits goes back
         return fresh_buffer(size)
 
-    def _trim(self) -> None:
-        room = self.room()
-        for size in list(self._free):
+    def _trim(self, room: int, keep: int | None = None) -> None:
+        """Drop free buffers, but those of size `keep`, until at most `room` bytes are held."""
+        for size in [size for size in self._free if size != keep]:
             free = self._free[size]
             while free and self.held > room:
                 free.pop()
@@ -78,13 +78,23 @@ class BufferPool:
                 del self._free[size]
 
     def give(self, buffer: object) -> None:
-        """Offer a part's buffer for reuse (ignored unless it came from `take`)."""
+        """Offer a part's buffer for reuse (ignored unless it came from `take`).
+
+        When the pool is full, buffers of other sizes make way for it: the size just given
+        back is the one a stream's next part will ask for, while sizes left over from a
+        stream's start or a hole filled in it (15 MiB, 3 MiB...) are seldom asked for again.
+        Kept, they filled the room and the stream's own 16 MiB buffers were refused: half the
+        parts of a cached sequential read were fresh buffers, a page fault per 4 KiB.
+        """
         if not isinstance(buffer, Buffer) or not len(buffer):
             return
-        if self.held + len(buffer) > self.room():
-            return  # over the limit: let it go back to the OS
-        self._free.setdefault(len(buffer), []).append(buffer)
-        self.held += len(buffer)
+        size, room = len(buffer), self.room()
+        if self.held + size > room:
+            self._trim(room - size, keep=size)
+            if self.held + size > room:
+                return  # over the limit: let it go back to the OS
+        self._free.setdefault(size, []).append(buffer)
+        self.held += size
 
     def clear(self) -> None:
         self._free.clear()

@@ -75,6 +75,25 @@ def test_limit_sizes_and_clear() -> None:
     assert pool.held == 0 and pool.take(MiB) is not None and pool.reused == 0
 
 
+def test_a_full_pool_drops_other_sizes_for_the_size_given_back() -> None:
+    pool = BufferPool(4 * MiB)
+    odd = [bytearray(MiB + 4096), bytearray(MiB + 8192)]  # a stream's first, odd-sized parts
+    for buffer in odd:
+        pool.give(buffer)
+    del buffer
+    given = set()
+    for _ in range(2):
+        buffer = bytearray(2 * MiB)
+        given.add(id(buffer))
+        pool.give(buffer)
+        del buffer  # the pool's reference is then the only one: reusable
+    assert pool.held == 4 * MiB  # both odd ones made way; none of the 2 MiB ones did
+    pool.give(bytearray(2 * MiB))  # full of its own size: refused, not swapped
+    assert pool.held == 4 * MiB
+    assert {id(pool.take(2 * MiB)), id(pool.take(2 * MiB))} == given
+    assert pool.reused == 2 and pool.held == 0
+
+
 def _read_all(store: MemoryStore, readers: int, part: int) -> tuple[list[bytes], int]:
     options = MountOptions(read_part_size=part)
     results: list[bytes] = [b""] * readers
