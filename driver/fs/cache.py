@@ -50,7 +50,7 @@ import crc32c
 import structlog
 import trio
 
-from driver.fs.buffers import Blocks
+from driver.fs.buffers import Blocks, Buffer, BufferPool
 from driver.fs.threads import run_sync
 
 log = structlog.get_logger()
@@ -219,10 +219,16 @@ class BlockCache:
         wanted = (index, 0, self.block_length(version, index))
         return self.read_blocks(version, (wanted,)).get(index)
 
-    def read_blocks(self, version: ObjectVersion, wanted: Iterable[tuple[int, int, int]]
-                    ) -> dict[int, memoryview]:
+    def read_blocks(self, version: ObjectVersion, wanted: Iterable[tuple[int, int, int]],
+                    take: Callable[[int], Buffer] | None = None) -> dict[int, memoryview]:
         """Bytes [lo, hi) of each cached block (index, lo, hi) in `wanted` that is intact
         in the sectors holding them; a damaged block is deleted.
+
+        With `take` (a BufferPool's), once some block is found on disk, one buffer of the
+        wanted ranges' total length is taken and they are read into it one after the other;
+        each block found is a view of it. Every `lo` must then start a sector and every
+        `hi` end one or the block. A pooled buffer is memory touched already: a fresh 1 MiB
+        `bytes` per block (os.pread) was a fresh mapping, one page fault per 4 KiB.
 
         Every file is opened and its range (with its header, unless this process knows the
         block's CRCs already) handed to the kernel's read-ahead (POSIX_FADV_WILLNEED) before
@@ -231,11 +237,13 @@ class BlockCache:
         """
         if not self.readable:
             return {}
-        opened: list[tuple[int, int, int, str, int, _Known | None]] = []
+        opened: list[tuple[int, int, int, int, str, int, _Known | None]] = []
         found: dict[int, memoryview] = {}
         sector = self.sector_size
+        at, total = 0, 0  # where each wanted range goes in a taken buffer; their sum
         try:
             for index, lo, hi in wanted:
+                at, total = total, total + hi - lo
                 path = self.path(version, index)
                 try:
                     fd = _open_block(path)
@@ -244,7 +252,7 @@ class BlockCache:
                     self.forget(path)
                     continue
                 known = self._known_block(path)
-                opened.append((index, lo, hi, path, fd, known))
+                opened.append((index, lo, hi, at, path, fd, known))
                 data_at = HEADER_SIZE + lo // sector * sector  # the first sector wanted
                 ranges = [(data_at, HEADER_SIZE + hi - data_at)]
                 if known is None:  # the header too, in one range with the data when adjacent
@@ -253,10 +261,16 @@ class BlockCache:
                 with contextlib.suppress(OSError):
                     for offset, length in ranges:
                         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-            for index, lo, hi, path, fd, known in opened:
+            into = None if take is None or not opened else memoryview(take(total))
+            for index, lo, hi, at, path, fd, known in opened:
                 first = lo // sector
                 end = min(-(-hi // sector) * sector, self.block_length(version, index))
-                data = self._read_sectors(version, index, path, fd, first, end, known)
+                target = None
+                if into is not None:
+                    if lo != first * sector or hi != end:
+                        raise ValueError(f"block {index} range {lo}-{hi} is not whole sectors")
+                    target = into[at:at + hi - lo]
+                data = self._read_sectors(version, index, path, fd, first, end, known, target)
                 if data is not None:
                     found[index] = data[lo - first * sector:hi - first * sector]
         finally:
@@ -265,18 +279,29 @@ class BlockCache:
         return found
 
     def _read_sectors(self, version: ObjectVersion, index: int, path: str, fd: int,
-                      first: int, end: int, known: _Known | None) -> memoryview | None:
-        """The data from sector `first` to byte `end` of a block, each sector verified
-        against the `known` CRCs or, when this process has none, the block's header."""
+                      first: int, end: int, known: _Known | None,
+                      into: memoryview | None = None) -> memoryview | None:
+        """The data from sector `first` to byte `end` of a block (read into `into` when
+        given, which is that long), each sector verified against the `known` CRCs or, when
+        this process has none, the block's header."""
         sector = self.sector_size
+        at, length = HEADER_SIZE + first * sector, end - first * sector
         try:
-            header = None if known else os.pread(fd, HEADER_SIZE, 0)
-            data = memoryview(os.pread(fd, end - first * sector, HEADER_SIZE + first * sector))
+            header: bytes | bytearray | None = None
+            if into is None:
+                header = None if known else os.pread(fd, HEADER_SIZE, 0)
+                data = memoryview(os.pread(fd, length, at))
+            elif known is None and first == 0:  # header and data in one system call
+                header = bytearray(HEADER_SIZE)
+                data = into[:max(0, os.preadv(fd, [header, into], 0) - HEADER_SIZE)]
+            else:
+                header = None if known else os.pread(fd, HEADER_SIZE, 0)
+                data = into[:os.preadv(fd, [into], at)]
         except OSError:  # unreadable: a miss
             self.stats.misses += 1
             return None
         crcs = known.crcs if known else self._header_crcs(header or b"", version, index)
-        sums = self.packed_crcs(data) if len(data) == end - first * sector else None
+        sums = self.packed_crcs(data) if len(data) == length else None
         if crcs is None or sums != crcs[4 * first:4 * first + len(sums or b"")]:
             self.stats.corrupt += 1
             log.warning("dropping a damaged cache block", cache_dir=self.root, block=path)
@@ -292,7 +317,8 @@ class BlockCache:
         self.stats.hits += 1
         return data
 
-    def _header_crcs(self, header: bytes, version: ObjectVersion, index: int) -> bytes | None:
+    def _header_crcs(self, header: bytes | bytearray, version: ObjectVersion,
+                     index: int) -> bytes | None:
         """The packed sector CRCs of a header that names this block of `version`, else None."""
         if len(header) < HEADER_SIZE:
             return None
@@ -528,7 +554,8 @@ class CachedFetch:
                  fetch: Callable[[int, int], Awaitable[bytes | bytearray]],
                  spawn: Callable[..., None],
                  io_limiter: trio.CapacityLimiter, writes: WriteBudget,
-                 loop_idle: Callable[[], bool]) -> None:
+                 loop_idle: Callable[[], bool],
+                 buffers: BufferPool | None = None) -> None:
         self.cache = cache
         self.version = version
         self._fetch = fetch
@@ -536,9 +563,10 @@ class CachedFetch:
         self._limiter = io_limiter
         self._writes = writes
         self._loop_idle = loop_idle
+        self._buffers = buffers  # where whole-sector reads of cached blocks are read into
         self._busy: dict[int, trio.Event] = {}  # blocks being read, fetched or stored
 
-    async def __call__(self, start: int, end: int) -> bytes | bytearray | memoryview | Blocks:
+    async def __call__(self, start: int, end: int) -> bytes | Buffer | memoryview | Blocks:
         bs = self.cache.block_size
         first, last = start // bs, (end - 1) // bs
         wanted = [(i, max(start - i * bs, 0), min(end - i * bs, bs))
@@ -551,14 +579,21 @@ class CachedFetch:
         for index in claimed:
             self._busy[index] = trio.Event()
         released: set[int] = set()  # claims ended here or handed to the block's store
+        sector = self.cache.sector_size
+        read = partial(self.cache.read_blocks, self.version, wanted)
+        if self._buffers is not None and start % sector == 0 \
+                and (end % sector == 0 or end == self.version.size):
+            read = partial(read, take=self._buffers.take)
         try:
             if end - start <= LOOP_READ_LIMIT and self._loop_idle():
-                cached = self.cache.read_blocks(self.version, wanted)
+                cached = read()
             else:
-                cached = await run_sync(partial(self.cache.read_blocks, self.version, wanted),
-                                        self._limiter)
+                cached = await run_sync(read, self._limiter)
             self._done(cached)
             released.update(cached)
+            if len(cached) == len(claimed) and isinstance(
+                    buffer := cached[first].obj, Buffer):  # read into a pooled buffer
+                return buffer  # all of it: the part recycles the buffer when it is dropped
             pieces: list[bytes | memoryview] = []
             index = first
             while index <= last:

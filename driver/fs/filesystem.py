@@ -593,12 +593,13 @@ class Filesystem:
         if self.cache is not None and self.cache.readable and pin.etag:
             version = ObjectVersion(self.store.bucket, pin.key, pin.etag, inode.size)
             source = CachedFetch(self.cache, version, fetch, self._nursery.start_soon,
-                                 self._cache_io, self._cache_writes, self._loop_idle)
+                                 self._cache_io, self._cache_writes, self._loop_idle,
+                                 buffers=self.buffers)
             align = self.cache.block_size
         return Prefetcher(source, inode.size, self._nursery.start_soon, self.budget,
                           part_size=self.options.read_part_size,
                           max_parallel=self.prefetch_parallel,
-                          recycle=None if get_into is None else self.buffers.give, align=align,
+                          recycle=self.buffers.give, align=align,
                           budget_timeout=self.options.request_timeout)
 
     def _write_handle(self, inode: Inode) -> FileHandle:

@@ -18,6 +18,7 @@ import trio
 from structlog.testing import capture_logs
 
 from driver.fs import cache as cache_module
+from driver.fs.buffers import BufferPool
 from driver.fs.cache import (
     HEADER_SIZE,
     LAYOUT,
@@ -169,6 +170,44 @@ def test_a_partial_read_takes_and_verifies_only_the_sectors_it_covers(tmp_path: 
     assert not block.exists() and cache.stats.corrupt == 1
 
 
+@pytest.mark.parametrize("known", [False, True])
+def test_whole_sectors_are_read_into_a_given_buffer_and_verified(
+        tmp_path: Path, known: bool) -> None:
+    cache = _cache(tmp_path)
+    sector = cache.sector_size
+    version = _version(2 * BS + 100)
+    data = os.urandom(version.size)
+    for index in range(3):
+        assert cache.put(version, index, data[index * BS:(index + 1) * BS])
+    if not known:
+        cache = _cache(tmp_path)  # a new process: the CRCs come from each block's header
+    wanted = [(0, 2 * sector, BS), (1, 0, BS), (2, 0, 100)]  # the last block ends at 100
+    taken: list[bytearray] = []
+
+    def take(size: int) -> bytearray:
+        taken.append(bytearray(os.urandom(size)))  # contents undefined, as a pool's are
+        return taken[-1]
+
+    found = cache.read_blocks(version, wanted, take=take)
+    (into,) = taken
+    assert len(into) == 2 * BS - 2 * sector + 100 and sorted(found) == [0, 1, 2]
+    assert all(view.obj is into for view in found.values())  # no copy of its own
+    assert bytes(into) == data[2 * sector:]
+    blocks = {int(path.name.rsplit("_", 1)[1]): path for path in _block_files(tmp_path)}
+    raw = bytearray(blocks[1].read_bytes())
+    raw[HEADER_SIZE + 5] ^= 0x01
+    blocks[1].write_bytes(bytes(raw))
+    blocks[0].unlink()
+    with capture_logs():
+        found = cache.read_blocks(version, wanted, take=take)
+    assert sorted(found) == [2] and cache.stats.corrupt == 1 and not blocks[1].exists()
+    assert bytes(found[2]) == data[2 * BS:] and found[2].obj is taken[-1]
+    assert bytes(taken[-1][-100:]) == data[2 * BS:]  # at its place after the missing ones
+    assert cache.read_blocks(version, wanted[:2], take=take) == {} and len(taken) == 2
+    with pytest.raises(ValueError, match="block 2 range 10-"):
+        cache.read_blocks(version, [(2, 10, 100)], take=take)
+
+
 def test_a_cache_directory_of_the_old_layout_is_removed(tmp_path: Path) -> None:
     old = tmp_path / "v1" / "blocks" / "ab"
     old.mkdir(parents=True)
@@ -307,7 +346,7 @@ def test_open_removes_stale_temporary_files_and_recounts(tmp_path: Path) -> None
 
 
 def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str,
-            loop_idle: bool = False) -> Prefetcher:
+            loop_idle: bool = False, buffers: BufferPool | None = None) -> Prefetcher:
     data = store.objects[key]
     etag = store.head(key).etag
     version = ObjectVersion(store.bucket, key, etag, len(data))
@@ -317,9 +356,10 @@ def _reader(nursery, store: MemoryStore, cache: BlockCache, key: str,
         return await trio.to_thread.run_sync(partial(store.get_range, key, start, end, etag))
 
     source = CachedFetch(cache, version, fetch, nursery.start_soon, trio.CapacityLimiter(2),
-                         WriteBudget(64 * BS), lambda: loop_idle)
+                         WriteBudget(64 * BS), lambda: loop_idle, buffers=buffers)
     return Prefetcher(source, len(data), nursery.start_soon, MemoryBudget(64 * BS),
-                      part_size=4 * BS, max_parallel=2, align=BS)
+                      part_size=4 * BS, max_parallel=2, align=BS,
+                      recycle=None if buffers is None else buffers.give)
 
 
 async def _read_all(reader: Prefetcher, size: int, step: int) -> bytes:
@@ -356,6 +396,39 @@ def test_second_sequential_pass_makes_no_get(tmp_path: Path) -> None:
         assert store.calls.count("get") == 0
 
     trio.run(main)
+
+
+def test_cached_parts_come_in_pooled_buffers_that_are_used_again(tmp_path: Path) -> None:
+    store = MemoryStore()
+    size = 37 * BS + 123  # a short last block: a part may end at the object's end
+    store.objects["k"] = data = random.Random(5).randbytes(size)
+    cache = _cache(tmp_path)
+    pool = BufferPool(64 * BS)
+
+    reused: list[int] = []  # pool.reused after each pass
+    taken: list[int] = []  # buffers taken by the end of each pass
+    takes: list[int] = []
+    take = pool.take
+    pool.take = lambda size: takes.append(size) or take(size)  # type: ignore[method-assign]
+
+    async def main() -> None:
+        for _ in range(3):  # cold, then twice from the cache
+            async with trio.open_nursery() as nursery:
+                reader = _reader(nursery, store, cache, "k", buffers=pool)
+                assert await _read_all(reader, size, BS) == data
+                reader.close()
+            # The nursery waited for the blocks stored in the background.
+            assert cache.stats.written == 38
+            reused.append(pool.reused)
+            taken.append(len(takes))
+
+    trio.run(main)
+    assert sum(end - start for start, end in _ranges(store)) == size  # the cold pass only
+    # Each cached pass reads its 10 parts into pooled buffers (the cold one took none); the
+    # first one's are fresh (its window grows, so part sizes differ), the second's are
+    # mostly buffers given back by parts before them.
+    assert taken[0] == 0 and taken[2] - taken[0] == 2 * 10
+    assert reused[2] - reused[1] >= 8
 
 
 def test_only_missing_blocks_are_fetched(tmp_path: Path) -> None:
