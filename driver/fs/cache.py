@@ -77,6 +77,10 @@ KNOWN_BLOCKS = 8192
 LRU_BUMP_SECONDS = 30.0
 # A cached read of at most this many bytes may run on the event loop (see CachedFetch).
 LOOP_READ_LIMIT = BLOCK_SIZE
+# A cached read of at least this many bytes goes into a pooled buffer (a stream's parts):
+# the fresh `bytes` of a shorter one comes from malloc's heap, memory touched already, while
+# a pooled buffer that size is a zero-filled bytearray whenever none is free (random reads).
+POOLED_READ_MIN = 2 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,15 +224,15 @@ class BlockCache:
         return self.read_blocks(version, (wanted,)).get(index)
 
     def read_blocks(self, version: ObjectVersion, wanted: Iterable[tuple[int, int, int]],
-                    take: Callable[[int], Buffer] | None = None) -> dict[int, memoryview]:
+                    into: memoryview | None = None) -> dict[int, memoryview]:
         """Bytes [lo, hi) of each cached block (index, lo, hi) in `wanted` that is intact
         in the sectors holding them; a damaged block is deleted.
 
-        With `take` (a BufferPool's), once some block is found on disk, one buffer of the
-        wanted ranges' total length is taken and they are read into it one after the other;
-        each block found is a view of it. Every `lo` must then start a sector and every
-        `hi` end one or the block. A pooled buffer is memory touched already: a fresh 1 MiB
-        `bytes` per block (os.pread) was a fresh mapping, one page fault per 4 KiB.
+        With `into` (as long as the wanted ranges together), they are read into it one after
+        the other, each at its place even when blocks before it are missing, and each block
+        found is a view of it. Every `lo` must then start a sector and every `hi` end one
+        or the block. A pooled buffer is memory touched already: a fresh 1 MiB `bytes` per
+        block (os.pread) was a fresh mapping, one page fault per 4 KiB.
 
         Every file is opened and its range (with its header, unless this process knows the
         block's CRCs already) handed to the kernel's read-ahead (POSIX_FADV_WILLNEED) before
@@ -261,7 +265,8 @@ class BlockCache:
                 with contextlib.suppress(OSError):
                     for offset, length in ranges:
                         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-            into = None if take is None or not opened else memoryview(take(total))
+            if into is not None and len(into) != total:
+                raise ValueError(f"a buffer of {len(into)} bytes for {total} wanted")
             for index, lo, hi, at, path, fd, known in opened:
                 first = lo // sector
                 end = min(-(-hi // sector) * sector, self.block_length(version, index))
@@ -581,9 +586,11 @@ class CachedFetch:
         released: set[int] = set()  # claims ended here or handed to the block's store
         sector = self.cache.sector_size
         read = partial(self.cache.read_blocks, self.version, wanted)
-        if self._buffers is not None and start % sector == 0 \
-                and (end % sector == 0 or end == self.version.size):
-            read = partial(read, take=self._buffers.take)
+        buffer = into = None  # taken here: the pool is the loop's; read_blocks may run on a worker
+        if self._buffers is not None and end - start >= POOLED_READ_MIN \
+                and start % sector == 0 and (end % sector == 0 or end == self.version.size):
+            buffer = self._buffers.take(end - start)
+            read = partial(read, into=(into := memoryview(buffer)))
         try:
             if end - start <= LOOP_READ_LIMIT and self._loop_idle():
                 cached = read()
@@ -591,9 +598,14 @@ class CachedFetch:
                 cached = await run_sync(read, self._limiter)
             self._done(cached)
             released.update(cached)
-            if len(cached) == len(claimed) and isinstance(
-                    buffer := cached[first].obj, Buffer):  # read into a pooled buffer
-                return buffer  # all of it: the part recycles the buffer when it is dropped
+            if buffer is not None and len(cached) == len(claimed):
+                return buffer  # all of it from the cache: the part recycles the buffer
+            if buffer is not None and not cached:
+                # Nothing was read into it: back to the pool, with no view left that would keep
+                # the fetch below from taking it again (it would take a fresh one).
+                into.release()  # type: ignore[union-attr]
+                self._buffers.give(buffer)  # type: ignore[union-attr]
+                buffer = None
             pieces: list[bytes | memoryview] = []
             index = first
             while index <= last:

@@ -182,15 +182,9 @@ def test_whole_sectors_are_read_into_a_given_buffer_and_verified(
     if not known:
         cache = _cache(tmp_path)  # a new process: the CRCs come from each block's header
     wanted = [(0, 2 * sector, BS), (1, 0, BS), (2, 0, 100)]  # the last block ends at 100
-    taken: list[bytearray] = []
-
-    def take(size: int) -> bytearray:
-        taken.append(bytearray(os.urandom(size)))  # contents undefined, as a pool's are
-        return taken[-1]
-
-    found = cache.read_blocks(version, wanted, take=take)
-    (into,) = taken
-    assert len(into) == 2 * BS - 2 * sector + 100 and sorted(found) == [0, 1, 2]
+    into = bytearray(os.urandom(2 * BS - 2 * sector + 100))  # contents undefined, as a pool's
+    found = cache.read_blocks(version, wanted, into=memoryview(into))
+    assert sorted(found) == [0, 1, 2]
     assert all(view.obj is into for view in found.values())  # no copy of its own
     assert bytes(into) == data[2 * sector:]
     blocks = {int(path.name.rsplit("_", 1)[1]): path for path in _block_files(tmp_path)}
@@ -198,14 +192,16 @@ def test_whole_sectors_are_read_into_a_given_buffer_and_verified(
     raw[HEADER_SIZE + 5] ^= 0x01
     blocks[1].write_bytes(bytes(raw))
     blocks[0].unlink()
+    into[:] = bytes(len(into))
     with capture_logs():
-        found = cache.read_blocks(version, wanted, take=take)
+        found = cache.read_blocks(version, wanted, into=memoryview(into))
     assert sorted(found) == [2] and cache.stats.corrupt == 1 and not blocks[1].exists()
-    assert bytes(found[2]) == data[2 * BS:] and found[2].obj is taken[-1]
-    assert bytes(taken[-1][-100:]) == data[2 * BS:]  # at its place after the missing ones
-    assert cache.read_blocks(version, wanted[:2], take=take) == {} and len(taken) == 2
+    assert bytes(found[2]) == data[2 * BS:] and found[2].obj is into
+    assert bytes(into[-100:]) == data[2 * BS:]  # at its place after the missing ones
     with pytest.raises(ValueError, match="block 2 range 10-"):
-        cache.read_blocks(version, [(2, 10, 100)], take=take)
+        cache.read_blocks(version, [(2, 10, 100)], into=memoryview(into)[:90])
+    with pytest.raises(ValueError, match="a buffer of 90 bytes for 100 wanted"):
+        cache.read_blocks(version, [(2, 0, 100)], into=memoryview(into)[:90])
 
 
 def test_a_cache_directory_of_the_old_layout_is_removed(tmp_path: Path) -> None:
@@ -398,7 +394,9 @@ def test_second_sequential_pass_makes_no_get(tmp_path: Path) -> None:
     trio.run(main)
 
 
-def test_cached_parts_come_in_pooled_buffers_that_are_used_again(tmp_path: Path) -> None:
+def test_cached_parts_come_in_pooled_buffers_that_are_used_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "POOLED_READ_MIN", 2 * BS)  # the parts here are 4 blocks
     store = MemoryStore()
     size = 37 * BS + 123  # a short last block: a part may end at the object's end
     store.objects["k"] = data = random.Random(5).randbytes(size)
@@ -408,8 +406,14 @@ def test_cached_parts_come_in_pooled_buffers_that_are_used_again(tmp_path: Path)
     reused: list[int] = []  # pool.reused after each pass
     taken: list[int] = []  # buffers taken by the end of each pass
     takes: list[int] = []
-    take = pool.take
-    pool.take = lambda size: takes.append(size) or take(size)  # type: ignore[method-assign]
+    take, threads = pool.take, set()
+
+    def counted_take(size: int):  # type: ignore[no-untyped-def]
+        takes.append(size)
+        threads.add(threading.get_ident())
+        return take(size)
+
+    pool.take = counted_take  # type: ignore[method-assign]
 
     async def main() -> None:
         for _ in range(3):  # cold, then twice from the cache
@@ -424,11 +428,38 @@ def test_cached_parts_come_in_pooled_buffers_that_are_used_again(tmp_path: Path)
 
     trio.run(main)
     assert sum(end - start for start, end in _ranges(store)) == size  # the cold pass only
-    # Each cached pass reads its 10 parts into pooled buffers (the cold one took none); the
-    # first one's are fresh (its window grows, so part sizes differ), the second's are
-    # mostly buffers given back by parts before them.
-    assert taken[0] == 0 and taken[2] - taken[0] == 2 * 10
+    # Each cached pass reads its 10 parts into pooled buffers; the first one's are fresh
+    # (its window grows, so part sizes differ), the second's are mostly buffers given back
+    # by parts before them.
+    assert taken[2] - taken[1] == 10 and min(takes) >= 2 * BS
+    assert threads == {threading.get_ident()}  # the pool is not thread-safe: the loop's only
     assert reused[2] - reused[1] >= 8
+
+
+def test_a_miss_gives_its_buffer_back_for_the_fetch_to_take(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "POOLED_READ_MIN", BS)
+    size = 4 * BS
+    data = random.Random(6).randbytes(size)
+    cache = _cache(tmp_path)
+    version = _version(size)
+    pool = BufferPool(64 * BS)
+
+    async def fetch(start: int, end: int) -> bytearray:  # as the mount's: into a pooled buffer
+        buffer = pool.take(end - start)
+        buffer[:] = data[start:end]
+        return buffer
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            source = CachedFetch(cache, version, fetch, nursery.start_soon,
+                                 trio.CapacityLimiter(2), WriteBudget(64 * BS), lambda: False,
+                                 buffers=pool)
+            got = await source(0, size)
+            assert bytes(got) == data
+        assert pool.reused == 1  # the fetch took the buffer the cache read did not fill
+
+    trio.run(main)
 
 
 def test_only_missing_blocks_are_fetched(tmp_path: Path) -> None:
