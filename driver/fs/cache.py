@@ -244,7 +244,7 @@ class BlockCache:
         opened: list[tuple[int, int, int, int, str, int, _Known | None]] = []
         found: dict[int, memoryview] = {}
         sector = self.sector_size
-        at, total = 0, 0  # where each wanted range goes in a taken buffer; their sum
+        at, total = 0, 0  # where each wanted range goes in `into`; their sum
         try:
             for index, lo, hi in wanted:
                 at, total = total, total + hi - lo
@@ -292,16 +292,14 @@ class BlockCache:
         sector = self.sector_size
         at, length = HEADER_SIZE + first * sector, end - first * sector
         try:
-            header: bytes | bytearray | None = None
-            if into is None:
-                header = None if known else os.pread(fd, HEADER_SIZE, 0)
-                data = memoryview(os.pread(fd, length, at))
-            elif known is None and first == 0:  # header and data in one system call
+            header: bytes | bytearray | None
+            if into is not None and known is None and first == 0:  # both in one system call
                 header = bytearray(HEADER_SIZE)
                 data = into[:max(0, os.preadv(fd, [header, into], 0) - HEADER_SIZE)]
             else:
                 header = None if known else os.pread(fd, HEADER_SIZE, 0)
-                data = into[:os.preadv(fd, [into], at)]
+                data = (memoryview(os.pread(fd, length, at)) if into is None
+                        else into[:os.preadv(fd, [into], at)])
         except OSError:  # unreadable: a miss
             self.stats.misses += 1
             return None
@@ -586,11 +584,11 @@ class CachedFetch:
         released: set[int] = set()  # claims ended here or handed to the block's store
         sector = self.cache.sector_size
         read = partial(self.cache.read_blocks, self.version, wanted)
-        buffer = into = None  # taken here: the pool is the loop's; read_blocks may run on a worker
-        if self._buffers is not None and end - start >= POOLED_READ_MIN \
+        pool, buffer = self._buffers, None  # taken here: the pool is the loop's, not a worker's
+        if pool is not None and end - start >= POOLED_READ_MIN \
                 and start % sector == 0 and (end % sector == 0 or end == self.version.size):
-            buffer = self._buffers.take(end - start)
-            read = partial(read, into=(into := memoryview(buffer)))
+            buffer = pool.take(end - start)
+            read = partial(read, into=memoryview(buffer))
         try:
             if end - start <= LOOP_READ_LIMIT and self._loop_idle():
                 cached = read()
@@ -600,11 +598,11 @@ class CachedFetch:
             released.update(cached)
             if buffer is not None and len(cached) == len(claimed):
                 return buffer  # all of it from the cache: the part recycles the buffer
-            if buffer is not None and not cached:
-                # Nothing was read into it: back to the pool, with no view left that would keep
-                # the fetch below from taking it again (it would take a fresh one).
-                into.release()  # type: ignore[union-attr]
-                self._buffers.give(buffer)  # type: ignore[union-attr]
+            if pool is not None and buffer is not None and not cached:
+                # Nothing was read into it: back to the pool, and no reference left here (the
+                # partial's view, this name) that would make the fetch below take a fresh one.
+                del read
+                pool.give(buffer)
                 buffer = None
             pieces: list[bytes | memoryview] = []
             index = first
