@@ -237,6 +237,53 @@ def test_concurrent_readers_resetting_each_other_get_exact_bytes():
     trio.run(main)
 
 
+def test_a_read_cancelled_while_it_fetches_its_own_part_leaves_no_read_waiting():
+    """A read runs the part it waits on in its own task: if that read is cancelled, a read
+    waiting on the same part gets an error rather than waiting forever, the part's budget
+    comes back, and the next read fetches the bytes afresh."""
+    store = MemoryStore()
+    store.objects["k"] = random.Random(4).randbytes(16 * MiB)
+    budget = MemoryBudget(32 * MiB)
+    fetched: list[tuple[int, int]] = []
+    gate = trio.Event()
+    offset, length = 5 * MiB, 256 * 1024
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pre = _prefetcher(nursery, store, "k", budget, part_size=8 * MiB)
+            _record_fetches(pre, fetched, lambda start: gate if not gate.is_set() else None)
+            outcome: list[BaseException | bytes] = []
+
+            async def first(scope_box: list[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    scope_box.append(scope)
+                    await pre.read(offset, length)
+
+            async def second() -> None:
+                try:
+                    outcome.append(bytes(await pre.read(offset, length)))
+                except OSError as exc:
+                    outcome.append(exc)
+
+            with trio.fail_after(10):
+                box: list[trio.CancelScope] = []
+                async with trio.open_nursery() as readers:
+                    readers.start_soon(first, box)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert fetched == [(offset, offset + length)]  # the first read's own GET
+                    readers.start_soon(second)
+                    await trio.testing.wait_all_tasks_blocked()
+                    box[0].cancel()
+                assert len(outcome) == 1 and isinstance(outcome[0], OSError)
+                gate.set()
+                got = await pre.read(offset, length)
+                assert bytes(got) == store.objects["k"][offset:offset + length]
+            pre.close()
+        assert budget.used == 0  # once every fetch has ended, read-ahead dropped by close too
+
+    trio.run(main)
+
+
 def test_a_read_finishing_after_a_reset_does_not_drag_the_new_stream_forward():
     """Found by tracing the random-read benchmark (9x the bytes read were fetched): the
     kernel's concurrent reads finish out of order; one of an abandoned stream ending at 40
