@@ -58,8 +58,9 @@ from driver.fs import threads
 from driver.fs.buffers import Buffer, BufferPool
 from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
+from driver.fs.firstbytes import FirstBytes
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
-from driver.fs.prefetch import MemoryBudget, Prefetcher
+from driver.fs.prefetch import FIRST_PART, MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
 from driver.options import MINIMAL_TTL, MountOptions
 from driver.store.base import ListPage, ObjectInfo, ObjectStore, StoreError, UploadOptions
@@ -155,6 +156,7 @@ class Filesystem:
         self._next_fh = 1
         self._negative: dict[tuple[int, str], float] = {}
         self._nursery: trio.Nursery | None = None
+        self._first_bytes: FirstBytes | None = None  # set by attach
         self._loop_idle: Callable[[], bool]  # set by attach, with the nursery
         self.prefetch_parallel = max(1, min(4, options.max_threads // 2))
         self.budget = MemoryBudget(memory_limit or options.memory_target * 1024 * 1024)
@@ -182,6 +184,11 @@ class Filesystem:
         it); without one, every disk read goes to a worker thread."""
         self._nursery = nursery
         self._loop_idle = loop_idle
+        get_first = getattr(self.store, "get_first_into", None)  # optional (S3Store has it)
+        if get_first is not None and (self.cache is None or not self.cache.readable):
+            # (with a block cache the first read goes through the cache's blocks instead)
+            self._first_bytes = FirstBytes(get_first, self._store, nursery.start_soon,
+                                           self.budget, self.buffers, FIRST_PART)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any,
                        limiter: trio.CapacityLimiter | None = None) -> Any:
@@ -251,7 +258,7 @@ class Filesystem:
             negative_until = self._negative.get((parent.ino, name))
             if negative_until is not None and time.monotonic() < negative_until:
                 raise FsError(errno.ENOENT)
-            listing = await self._cached_listing(parent)
+            listing = await self._cached_listing(parent, guess=name)
             # Only positive answers come from the listing: a name it lacks may have been
             # created since, so that one is asked of the store.
             if listing is not None and name in listing:
@@ -304,8 +311,11 @@ class Filesystem:
         with contextlib.suppress(FsError):
             await self._cached_listing(self._inode(ROOT_INODE))
 
-    async def _cached_listing(self, parent: Inode) -> dict[str, object] | None:
+    async def _cached_listing(self, parent: Inode, guess: str | None = None
+                              ) -> dict[str, object] | None:
         """The parent's whole listing if it fits one page, from cache within the TTL.
+        `guess`: the name a lookup waits for; if this call lists, it starts a GET of that
+        name's first bytes beside the LIST (driver/fs/firstbytes.py).
 
         A listing lives at most MINIMAL_TTL even under longer TTLs (names already looked up
         keep their own TTL on their inodes) and only ever answers "this name exists"."""
@@ -323,6 +333,8 @@ class Filesystem:
             fresh = parent.listing is not None and time.monotonic() - parent.listed_at < ttl
             return parent.listing if fresh else None
         done = self._listing_inflight[parent.ino] = trio.Event()
+        if guess is not None and self._first_bytes is not None:
+            self._first_bytes.start(parent.key + guess)
         try:
             page = await self._list(parent.key, "/", None, LISTING_CACHE_MAX)
         finally:
@@ -579,8 +591,14 @@ class Filesystem:
         assert self._nursery is not None
         get_into = getattr(self.store, "get_range_into", None)  # optional (S3Store has it)
 
-        async def fetch(start: int, end: int) -> bytes | Buffer:
+        first_bytes = self._first_bytes
+
+        async def fetch(start: int, end: int) -> bytes | Buffer | memoryview:
             # The pin is read at each request: a rename may have moved it.
+            if start == 0 and first_bytes is not None:
+                guessed = await first_bytes.take(pin.key, pin.etag, end)
+                if guessed is not None:
+                    return guessed
             if get_into is None:
                 return await self._store(self.store.get_range, pin.key, start, end, pin.etag)
             buffer = self.buffers.take(end - start)

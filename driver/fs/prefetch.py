@@ -28,7 +28,7 @@ from driver.fs.buffers import PartData, views
 from driver.fs.errors import FsError
 from driver.fs.memory import BudgetTimeout, MemoryBudget
 
-__all__ = ["FIRST_REQUEST", "MemoryBudget", "Prefetcher"]
+__all__ = ["FIRST_PART", "FIRST_REQUEST", "MemoryBudget", "Prefetcher"]
 
 MiB = 1024 * 1024
 FIRST_REQUEST = 1 * MiB + 128 * 1024  # enough for the kernel's first 1 MiB read

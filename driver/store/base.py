@@ -126,6 +126,8 @@ class ObjectStore(Protocol):
 
     # Optional, not part of the protocol: `get_range_into(key, start, end, etag, out)` fills
     # the caller's buffer instead (S3Store has it); the filesystem then pools part buffers.
+    # `get_first_into(key, out) -> (count, etag)`: up to len(out) first bytes of an object of
+    # unknown size, in one attempt (S3Store has it); the filesystem then guesses first bytes.
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         """Write a whole object in one request; return its ETag."""

@@ -158,6 +158,22 @@ def _info(key: str, size: int, etag: str, modified: Any) -> ObjectInfo:
 READINTO_CHUNK = 256 * 1024
 
 
+def _read_into(body: Any, out: memoryview, filled: int) -> Iterator[int]:
+    """Read `body` into out[filled:] until it ends or `out` is full, yielding each count;
+    closes it. In slices: where urllib3 reads (`_Body` without http.client beneath, or the
+    client's own StreamingBody) it reads a readinto's whole length into a temporary first,
+    and a small one is recycled by malloc where a 16 MiB one would be mapped."""
+    try:
+        while filled < len(out):
+            count = body.readinto(out[filled:filled + READINTO_CHUNK])
+            if not count:
+                return
+            filled += count
+            yield count
+    finally:
+        body.close()
+
+
 class _Body:
     """A GET's body read from the socket straight into the caller's buffer.
 
@@ -698,24 +714,21 @@ class S3Store:
             nonlocal filled, pinned
             response = self._get(key, start + filled, end, pinned)
             pinned = pinned or response.get("ETag")
-            body = response["Body"]
-            try:
-                # In slices: where urllib3 reads (`_Body` without http.client beneath, or
-                # the client's own StreamingBody) it reads a readinto's whole length into a
-                # temporary first, and a small one is recycled by malloc where a 16 MiB one
-                # would be mapped.
-                while filled < len(out):
-                    count = body.readinto(out[filled:filled + READINTO_CHUNK])
-                    if not count:
-                        break
-                    filled += count
-            finally:
-                body.close()
+            for count in _read_into(response["Body"], out, filled):
+                filled += count  # kept per slice: a cut resumes from here
             if filled < end - start:
                 raise IncompleteResponse(f"GET {key}: body ended at {start + filled} of {end}")
 
         with _translated(f"GET {key}"):
             self._retrier.call(attempt)
+
+    def get_first_into(self, key: str, out: memoryview) -> tuple[int, str | None]:
+        """Up to len(out) first bytes of `key` into `out`, in one attempt (a guess made
+        before the key is known to be a file: never retried); how many, and its ETag."""
+        with _translated(f"GET {key}"):
+            response = self._get(key, 0, len(out), None)
+            filled = sum(_read_into(response["Body"], out, 0))
+        return filled, response.get("ETag")
 
     def _object_kwargs(self, options: UploadOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._payer)

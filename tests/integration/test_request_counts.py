@@ -83,3 +83,42 @@ def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp
     assert spent.pop("get_range_into") == FILES
     assert spent.pop("fuse_read") >= FILES
     assert spent == {"list_page": 1}
+
+
+def test_first_read_in_a_directory_not_listed_yet_waits_for_one_round_trip(seaweed, s3, bucket,
+                                                                          tmp_path):
+    """The lookup that lists "dir" starts a GET of the file's first bytes beside the LIST,
+    and the first read takes them: a small file costs that LIST and that one GET, a big one
+    its guess and the ranged GETs behind it, and both read back exactly."""
+    small, big = os.urandom(SIZE), os.urandom(3 * 1024 * 1024 + 7)
+    s3.put_object(Bucket=bucket, Key="dir/small", Body=small)
+    s3.put_object(Bucket=bucket, Key="other/big", Body=big)
+    client = Cloudbucket(seaweed, bucket, tmp_path, ("--metadata-ttl=300",),
+                         count_requests=True)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    mounted = client.mount(target)
+    counts = client.counts_file(mounted)
+    try:
+        snapshots: list[dict[str, int]] = []
+
+        def root_listed() -> bool:
+            snapshots.append(_snapshot(mounted.pid, counts))
+            return snapshots[-1].get("list_page", 0) >= 1
+
+        wait_until(root_listed, 10, "the root listed ahead")
+        start = snapshots[-1]
+        assert (target / "dir" / "small").read_bytes() == small
+        after_small = _snapshot(mounted.pid, counts)
+        assert (target / "other" / "big").read_bytes() == big
+        after_big = _snapshot(mounted.pid, counts)
+    finally:
+        unmount(mounted)
+    spent = _delta(after_small, start)
+    assert spent.pop("fuse_read") >= 1
+    assert spent == {"list_page": 1, "get_first_into": 1}  # no HEAD, no second GET
+    spent = _delta(after_big, after_small)
+    assert spent.pop("fuse_read") >= 1
+    assert spent.pop("get_first_into") == 1
+    assert spent.pop("get_range_into") >= 1  # the rest, behind the guessed first part
+    assert spent == {"list_page": 1}

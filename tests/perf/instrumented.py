@@ -22,7 +22,8 @@ from typing import Any
 
 from driver.store import s3
 
-COUNTED = ("head", "list_page", "get_range", "get_range_into", "put", "create_upload",
+COUNTED = ("head", "list_page", "get_range", "get_range_into", "get_first_into", "put",
+           "create_upload",
            "upload_part", "upload_part_copy", "complete_upload", "abort_upload", "delete")
 _counts: dict[str, list[int]] = {}
 # Re-entrant: the SIGUSR1 dump runs on the main thread, which may hold it (fuse_read).
@@ -34,6 +35,8 @@ def _moved(name: str, args: tuple[Any, ...], result: Any) -> int:
         return len(result)
     if name == "get_range_into":
         return len(args[4])
+    if name == "get_first_into":
+        return int(result[0])
     if name == "put":
         return len(args[1])
     if name == "upload_part":

@@ -1,0 +1,91 @@
+"""A GET of an object's first bytes, started by the lookup that has to list its directory.
+
+Why: opening a file in a directory not listed yet costs two round trips before its first
+byte, the directory's LIST (the lookup) and then the first GET (the read). The lookup that
+starts a directory's listing starts a GET of the name's first `FIRST_PART` bytes beside it,
+before it knows whether the name is a file; the first read of the file at offset 0 takes
+those bytes if the listing's ETag is the GET's and they cover what it asks, and otherwise
+fetches as it would have. One lookup a directory per listing speculates, so the guess costs
+at most one GET a directory per listing TTL (a 404 when the name is a directory or missing).
+
+Bytes nobody takes within `keep_for` seconds are given back, and at most `most` guesses are
+held at once; each is charged to the mount's memory budget while it is held, and only
+started when the budget has room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from driver.fs.buffers import Buffer, BufferPool
+from driver.fs.memory import MemoryBudget
+
+__all__ = ["FirstBytes"]
+
+GetFirst = Callable[[str, memoryview], Any]  # the store's get_first_into
+
+
+@dataclass(eq=False)
+class _Guess:
+    key: str
+    buffer: Buffer
+    done: trio.Event = field(default_factory=trio.Event)
+    count: int = 0  # bytes received; 0 when the GET failed
+    etag: str | None = None
+
+
+class FirstBytes:
+    def __init__(self, get_first: GetFirst,
+                 run: Callable[..., Awaitable[Any]], spawn: Callable[..., None],
+                 budget: MemoryBudget, buffers: BufferPool, size: int,
+                 keep_for: float = 5.0, most: int = 4) -> None:
+        self._get_first = get_first
+        self._run_store = run  # runs a store call in a worker thread (raises FsError)
+        self._spawn = spawn
+        self._budget = budget
+        self._buffers = buffers
+        self.size = size
+        self.keep_for = keep_for
+        self.most = most
+        self._guesses: dict[str, _Guess] = {}
+
+    def start(self, key: str) -> None:
+        """Start a GET of `key`'s first bytes, unless one is held or there is no room."""
+        if key in self._guesses or len(self._guesses) >= self.most or \
+                not self._budget.try_reserve(self.size):
+            return
+        guess = self._guesses[key] = _Guess(key, self._buffers.take(self.size))
+        self._spawn(self._fetch, guess)
+
+    async def take(self, key: str, etag: str | None, length: int) -> Buffer | memoryview | None:
+        """The first `length` bytes of `key` at `etag`, if a guess holds them; else None
+        (and the guess is gone either way)."""
+        guess = self._guesses.pop(key, None)
+        if guess is None:
+            return None
+        await guess.done.wait()
+        self._budget.release(self.size)  # the caller's part has its own reservation
+        if etag is None or guess.etag != etag or guess.count < length:
+            self._buffers.give(guess.buffer)
+            return None
+        return guess.buffer if length == len(guess.buffer) else \
+            memoryview(guess.buffer)[:length]
+
+    async def _fetch(self, guess: _Guess) -> None:
+        try:
+            guess.count, guess.etag = await self._run_store(
+                self._get_first, guess.key, memoryview(guess.buffer))
+        except Exception:  # noqa: BLE001 - a wrong guess (404, a directory) or a failure
+            guess.count = 0  # the read fetches for itself
+        finally:
+            guess.done.set()
+        if guess.count:
+            await trio.sleep(self.keep_for)  # an expiry, not a wait for anything
+        if self._guesses.get(guess.key) is guess:  # nobody took it: give it back
+            del self._guesses[guess.key]
+            self._budget.release(self.size)
+            self._buffers.give(guess.buffer)
