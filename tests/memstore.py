@@ -101,6 +101,15 @@ class MemoryStore:
             raise StoreError(f"short read of {key}")
         out[:] = data
 
+    def get_first_into(self, key: str, out: memoryview) -> tuple[int, str | None]:
+        self._op("get")
+        data = self.objects.get(key)
+        if data is None:
+            raise NotFound(key)
+        count = min(len(out), len(data))
+        out[:count] = data[:count]
+        return count, self._etag(data)
+
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         self._op("put")
         self.objects[key] = bytes(data)

@@ -184,7 +184,7 @@ class Filesystem:
         it); without one, every disk read goes to a worker thread."""
         self._nursery = nursery
         self._loop_idle = loop_idle
-        get_first = getattr(self.store, "get_first_into", None)  # optional (S3Store has it)
+        get_first = getattr(self.store, "get_first_into", None)  # optional
         if get_first is not None and (self.cache is None or not self.cache.readable):
             # (with a block cache the first read goes through the cache's blocks instead)
             self._first_bytes = FirstBytes(get_first, self._store, nursery.start_soon,

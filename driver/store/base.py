@@ -126,8 +126,9 @@ class ObjectStore(Protocol):
 
     # Optional, not part of the protocol: `get_range_into(key, start, end, etag, out)` fills
     # the caller's buffer instead (S3Store has it); the filesystem then pools part buffers.
-    # `get_first_into(key, out) -> (count, etag)`: up to len(out) first bytes of an object of
-    # unknown size, in one attempt (S3Store has it); the filesystem then guesses first bytes.
+    # Optional too: `get_first_into(key, out) -> (count, etag)`, up to len(out) first bytes
+    # of an object of unknown size in one attempt (S3Store and GcsStore have it); with it
+    # the filesystem guesses a file's first bytes (driver/fs/firstbytes.py).
 
     def put(self, key: str, data: bytes, options: UploadOptions) -> str:
         """Write a whole object in one request; return its ETag."""

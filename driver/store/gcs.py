@@ -207,6 +207,18 @@ class GcsStore:
         with _translated(f"LIST {prefix}"):
             return self._retrier.call(one_page)
 
+    def get_first_into(self, key: str, out: memoryview) -> tuple[int, str | None]:
+        """Up to len(out) first bytes of `key` into `out`, in one attempt (a guess made
+        before the key is known to be a file: never retried); how many, and its ETag."""
+        sink = io.BytesIO()
+        blob = self._bucket.blob(key)
+        with _translated(f"GET {key}"):
+            blob.download_to_file(sink, start=0, end=len(out) - 1, raw_download=True,
+                                  checksum=None, timeout=self._timeout, retry=None)
+        count = min(sink.tell(), len(out))
+        out[:count] = sink.getbuffer()[:count]
+        return count, None if blob.generation is None else str(blob.generation)
+
     def get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         """Bytes [start, end): a read cut mid-body resumes from the first missing byte,
         pinned to the generation (the one asked for, else the first answer's)."""

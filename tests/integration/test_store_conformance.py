@@ -101,6 +101,21 @@ def test_missing_object(store: ObjectStore) -> None:
         store.get_range("nope", 0, 10, None)
 
 
+def test_first_bytes_of_an_object_of_unknown_size(store: ObjectStore) -> None:
+    """The filesystem's guess (driver/fs/firstbytes.py): up to a buffer's length of an
+    object's first bytes and its ETag, shorter when the object is; NotFound when missing."""
+    small, big = os.urandom(1000), os.urandom(300_000)
+    small_etag = store.put("first/small", small, PLAIN)
+    big_etag = store.put("first/big", big, PLAIN)
+    out = bytearray(128 * 1024)
+    assert store.get_first_into("first/small", memoryview(out)) == (len(small), small_etag)
+    assert out[:len(small)] == small
+    assert store.get_first_into("first/big", memoryview(out)) == (len(out), big_etag)
+    assert out == big[:len(out)]
+    with pytest.raises(NotFound):
+        store.get_first_into("first/nope", memoryview(out))
+
+
 def test_overwrite_changes_the_etag_and_pinned_reads_fail(store: ObjectStore) -> None:
     first = store.put("v", b"version one", PLAIN)
     second = store.put("v", b"version two!", PLAIN)
