@@ -8,10 +8,12 @@ turn the listing stale halfway through.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,9 +47,11 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {name: count for name, count in changed.items() if count}
 
 
-def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp_path):
-    for index in range(FILES):
-        s3.put_object(Bucket=bucket, Key=f"dir/f-{index:03d}", Body=_body(index))
+@contextlib.contextmanager
+def _counted_mount(seaweed, bucket: str, tmp_path: Path
+                   ) -> Iterator[tuple[Path, Callable[[], dict[str, int]], dict[str, int]]]:
+    """A counting mount, once it has listed its root as it comes up: its path, a function
+    that snapshots its counts, and the counts then (one LIST, the root's)."""
     client = Cloudbucket(seaweed, bucket, tmp_path, ("--metadata-ttl=300",),
                          count_requests=True)
     target = tmp_path / "mnt"
@@ -55,7 +59,6 @@ def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp
     mounted = client.mount(target)
     counts = client.counts_file(mounted)
     try:
-        # The mount lists its root as it comes up; that LIST answers the lookup of "dir".
         snapshots: list[dict[str, int]] = []
 
         def root_listed() -> bool:
@@ -63,20 +66,27 @@ def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp
             return snapshots[-1].get("list_page", 0) >= 1
 
         wait_until(root_listed, 10, "the root listed ahead")
-        start = snapshots[-1]
-        assert start.get("list_page") == 1
+        assert snapshots[-1].get("list_page") == 1
+        yield target, lambda: _snapshot(mounted.pid, counts), snapshots[-1]
+    finally:
+        unmount(mounted)
+
+
+def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp_path):
+    for index in range(FILES):
+        s3.put_object(Bucket=bucket, Key=f"dir/f-{index:03d}", Body=_body(index))
+    # The mount lists its root as it comes up; that LIST answers the lookup of "dir".
+    with _counted_mount(seaweed, bucket, tmp_path) as (target, snapshot, start):
         listed = subprocess.run(["ls", "dir"], cwd=target, capture_output=True, text=True,
                                 check=True, timeout=60)
         assert listed.stdout.split() == [f"f-{i:03d}" for i in range(FILES)]
-        after_ls = _snapshot(mounted.pid, counts)
+        after_ls = snapshot()
         assert _delta(after_ls, start) == {"list_page": 1}  # "dir" itself
 
         cat = subprocess.run(["sh", "-c", "cat dir/*"], cwd=target, capture_output=True,
                              check=True, timeout=120)
         assert cat.stdout == b"".join(_body(i) for i in range(FILES))
-        after_cat = _snapshot(mounted.pid, counts)
-    finally:
-        unmount(mounted)
+        after_cat = snapshot()
     spent = _delta(after_cat, after_ls)
     # The glob reads the directory once more (one LIST); every file is one GET and nothing
     # else: no HEAD, no second ranged GET.
@@ -93,27 +103,11 @@ def test_first_read_in_a_directory_not_listed_yet_waits_for_one_round_trip(seawe
     small, big = os.urandom(SIZE), os.urandom(3 * 1024 * 1024 + 7)
     s3.put_object(Bucket=bucket, Key="dir/small", Body=small)
     s3.put_object(Bucket=bucket, Key="other/big", Body=big)
-    client = Cloudbucket(seaweed, bucket, tmp_path, ("--metadata-ttl=300",),
-                         count_requests=True)
-    target = tmp_path / "mnt"
-    target.mkdir()
-    mounted = client.mount(target)
-    counts = client.counts_file(mounted)
-    try:
-        snapshots: list[dict[str, int]] = []
-
-        def root_listed() -> bool:
-            snapshots.append(_snapshot(mounted.pid, counts))
-            return snapshots[-1].get("list_page", 0) >= 1
-
-        wait_until(root_listed, 10, "the root listed ahead")
-        start = snapshots[-1]
+    with _counted_mount(seaweed, bucket, tmp_path) as (target, snapshot, start):
         assert (target / "dir" / "small").read_bytes() == small
-        after_small = _snapshot(mounted.pid, counts)
+        after_small = snapshot()
         assert (target / "other" / "big").read_bytes() == big
-        after_big = _snapshot(mounted.pid, counts)
-    finally:
-        unmount(mounted)
+        after_big = snapshot()
     spent = _delta(after_small, start)
     assert spent.pop("fuse_read") >= 1
     assert spent == {"list_page": 1, "get_first_into": 1}  # no HEAD, no second GET
