@@ -593,7 +593,7 @@ class Filesystem:
 
         first_bytes = self._first_bytes
 
-        async def fetch(start: int, end: int) -> bytes | Buffer | memoryview:
+        async def fetch(start: int, end: int) -> bytes | Buffer:
             # The pin is read at each request: a rename may have moved it.
             if start == 0 and first_bytes is not None:
                 guessed = await first_bytes.take(pin.key, pin.etag, end)

@@ -19,12 +19,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 import trio
 
 from driver.fs.buffers import Buffer, BufferPool
+from driver.fs.errors import FsError
 from driver.fs.memory import MemoryBudget
 
 __all__ = ["FirstBytes"]
+
+log = structlog.get_logger()
 
 GetFirst = Callable[[str, memoryview], Any]  # the store's get_first_into
 
@@ -61,7 +65,7 @@ class FirstBytes:
         guess = self._guesses[key] = _Guess(key, self._buffers.take(self.size))
         self._spawn(self._fetch, guess)
 
-    async def take(self, key: str, etag: str | None, length: int) -> Buffer | memoryview | None:
+    async def take(self, key: str, etag: str | None, length: int) -> Buffer | bytes | None:
         """The first `length` bytes of `key` at `etag`, if a guess holds them; else None
         (and the guess is gone either way)."""
         guess = self._guesses.pop(key, None)
@@ -72,15 +76,23 @@ class FirstBytes:
         if etag is None or guess.etag != etag or guess.count < length:
             self._buffers.give(guess.buffer)
             return None
-        return guess.buffer if length == len(guess.buffer) else \
-            memoryview(guess.buffer)[:length]
+        if length == len(guess.buffer):
+            return guess.buffer
+        # A small file: its bytes copied out, so the part holds only what it reserved and
+        # the buffer goes back to the pool rather than riding along in a view.
+        data = bytes(memoryview(guess.buffer)[:length])
+        self._buffers.give(guess.buffer)
+        return data
 
     async def _fetch(self, guess: _Guess) -> None:
         try:
             guess.count, guess.etag = await self._run_store(
                 self._get_first, guess.key, memoryview(guess.buffer))
-        except Exception:  # noqa: BLE001 - a wrong guess (404, a directory) or a failure
+        except FsError:  # a wrong guess (404: a directory, a missing name) or a failure
             guess.count = 0  # the read fetches for itself
+        except Exception:  # a bug: seen in the log, but no reason to end the mount
+            log.exception("first-bytes guess failed", key=guess.key)
+            guess.count = 0
         finally:
             guess.done.set()
         if guess.count:

@@ -36,27 +36,30 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
         raise FsError(errno.ENOENT, "no such key") from exc
 
 
-def _with_first_bytes(test: Callable[[FirstBytes, MemoryBudget], Awaitable[None]],
-                      budget_size: int = 1024 * 1024, **kwargs: Any) -> None:
+def _with_first_bytes(
+        test: Callable[[FirstBytes, MemoryBudget, BufferPool], Awaitable[None]],
+        budget_size: int = 1024 * 1024, **kwargs: Any) -> None:
     budget = MemoryBudget(budget_size)
+    pool = BufferPool(budget_size)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            first = FirstBytes(_get_first, _run, nursery.start_soon, budget,
-                               BufferPool(budget_size), SIZE, **kwargs)
-            await test(first, budget)
+            first = FirstBytes(_get_first, _run, nursery.start_soon, budget, pool, SIZE,
+                               **kwargs)
+            await test(first, budget, pool)
             nursery.cancel_scope.cancel()  # guesses still kept wait out their expiry
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_right_guess_gives_exactly_the_bytes_asked_and_its_budget_back():
-    async def test(first: FirstBytes, budget: MemoryBudget) -> None:
+    async def test(first: FirstBytes, budget: MemoryBudget, pool: BufferPool) -> None:
         first.start("dir/a")
         first.start("dir/big")
         assert budget.used == 2 * SIZE
         small = await first.take("dir/a", '"etag-a"', 4096)
         assert small is not None and bytes(small) == OBJECTS["dir/a"][0]
+        assert len(small) == 4096 and pool.held == SIZE  # copied out, its buffer pooled
         big = await first.take("dir/big", '"etag-b"', SIZE)
         assert big is not None and bytes(big) == OBJECTS["dir/big"][0][:SIZE]
         assert budget.used == 0  # the reader's part holds its own reservation
@@ -66,7 +69,7 @@ def test_a_right_guess_gives_exactly_the_bytes_asked_and_its_budget_back():
 
 
 def test_a_wrong_guess_is_refused_and_given_back():
-    async def test(first: FirstBytes, budget: MemoryBudget) -> None:
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
         first.start("dir/a")
         assert await first.take("dir/a", '"another"', 4096) is None  # changed since
         first.start("dir/big")
@@ -79,7 +82,7 @@ def test_a_wrong_guess_is_refused_and_given_back():
 
 
 def test_a_guess_nobody_takes_or_that_fails_is_given_back():
-    async def test(first: FirstBytes, budget: MemoryBudget) -> None:
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
         first.start("dir/missing")
         first.start("dir/a")
         await trio.testing.wait_all_tasks_blocked()
@@ -92,11 +95,11 @@ def test_a_guess_nobody_takes_or_that_fails_is_given_back():
 
 
 def test_guesses_start_only_within_their_number_and_the_budget():
-    async def test(first: FirstBytes, budget: MemoryBudget) -> None:
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
         for key in ("dir/a", "dir/a", "dir/big", "dir/x", "dir/y"):
             first.start(key)
         assert budget.used == 2 * SIZE  # one per key, at most `most`
-        budget.try_reserve(budget.limit - budget.used)  # a reader holds the rest
+        assert budget.try_reserve(budget.limit - budget.used)  # a reader holds the rest
         first.start("dir/z")
         assert budget.used == budget.limit
 
