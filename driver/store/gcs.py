@@ -207,14 +207,21 @@ class GcsStore:
         with _translated(f"LIST {prefix}"):
             return self._retrier.call(one_page)
 
+    def _download(self, blob: storage.Blob, sink: io.BytesIO, start: int, end: int,
+                  **precondition: Any) -> None:
+        """One media download of bytes [start, end) into `sink`, as stored (no decoding,
+        no checksum of a part), unretried: the caller decides what to retry."""
+        blob.download_to_file(sink, start=start, end=end - 1, raw_download=True,
+                              checksum=None, timeout=self._timeout, retry=None,
+                              **precondition)
+
     def get_first_into(self, key: str, out: memoryview) -> tuple[int, str | None]:
         """Up to len(out) first bytes of `key` into `out`, in one attempt (a guess made
         before the key is known to be a file: never retried); how many, and its ETag."""
         sink = io.BytesIO()
         blob = self._bucket.blob(key)
         with _translated(f"GET {key}"):
-            blob.download_to_file(sink, start=0, end=len(out) - 1, raw_download=True,
-                                  checksum=None, timeout=self._timeout, retry=None)
+            self._download(blob, sink, 0, len(out))
         count = min(sink.tell(), len(out))
         out[:count] = sink.getbuffer()[:count]
         return count, None if blob.generation is None else str(blob.generation)
@@ -235,9 +242,7 @@ class GcsStore:
             if generation is not None:
                 kwargs["if_generation_match"] = generation
             try:
-                blob.download_to_file(sink, start=start + got, end=end - 1, raw_download=True,
-                                      checksum=None, timeout=self._timeout, retry=None,
-                                      **kwargs)
+                self._download(blob, sink, start + got, end, **kwargs)
             finally:
                 if generation is None and blob.generation is not None:
                     generation = int(blob.generation)

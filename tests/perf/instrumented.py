@@ -23,8 +23,8 @@ from typing import Any
 from driver.store import s3
 
 COUNTED = ("head", "list_page", "get_range", "get_range_into", "get_first_into", "put",
-           "create_upload",
-           "upload_part", "upload_part_copy", "complete_upload", "abort_upload", "delete")
+           "create_upload", "upload_part", "upload_part_copy", "complete_upload",
+           "abort_upload", "delete")
 _counts: dict[str, list[int]] = {}
 # Re-entrant: the SIGUSR1 dump runs on the main thread, which may hold it (fuse_read).
 _lock = threading.RLock()
