@@ -58,7 +58,7 @@ from driver.fs import threads
 from driver.fs.buffers import Buffer, BufferPool
 from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
-from driver.fs.firstbytes import FirstBytes
+from driver.fs.firstbytes import AHEAD, FirstBytes
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import FIRST_PART, MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
@@ -344,6 +344,11 @@ class Filesystem:
             parent.listing = None
             parent.too_big_to_cache_until = now + max(ttl, 60.0)
             return None
+        return self._keep_listing(parent, page, now)
+
+    @staticmethod
+    def _keep_listing(parent: Inode, page: ListPage, listed_at: float) -> dict[str, object]:
+        """Keep a directory's one and only LIST page as its listing (`_cached_listing`)."""
         listing: dict[str, object] = {}
         for info in page.objects:
             if valid_name(file_name := info.key[len(parent.key):]):
@@ -351,7 +356,7 @@ class Filesystem:
         for prefix in page.prefixes:
             if valid_name(dir_name := prefix[len(parent.key):-1]):
                 listing[dir_name] = None  # the directory shadows a file of the same name
-        parent.listing, parent.listed_at = listing, now
+        parent.listing, parent.listed_at = listing, listed_at
         return listing
 
     def _invalidate_listing(self, ino: int) -> None:
@@ -444,7 +449,13 @@ class Filesystem:
             assert ahead.page is not None
             page = ahead.page
         else:
+            listed_at = time.monotonic()
             page = await self._list(parent.key, "/", handle.token)
+            if handle.token is None and page.next_token is None and \
+                    len(page.objects) + len(page.prefixes) <= LISTING_CACHE_MAX:
+                # The whole directory in one page: its listing, as a lookup would keep it
+                # (the open of a file read next finds its neighbours there).
+                self._keep_listing(parent, page, listed_at)
         handle.token = page.next_token
         if handle.token is not None and self._nursery is not None:
             # Request the next page now: the kernel takes this one in many small readdirs.
@@ -571,6 +582,13 @@ class Filesystem:
                 inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
                 inode.validated = time.monotonic()
             pin = ReadPin(inode.key, inode.etag)
+            # Guess the next files' first bytes for a reader going through the directory
+            # in order, unless readers keep that many files open themselves (8 threads
+            # reading small files ran 4% slower with the guesses: no round trip was saved).
+            if self._first_bytes is not None and self._readers < AHEAD:
+                parent = self.inodes.get(inode.parent)
+                if parent is not None and parent.listing is not None:
+                    self._first_bytes.opened(parent.key, parent.listing, inode.name)
             return self._new_handle(FileHandle(inode, prefetcher=self._prefetcher(inode, pin),
                                                pin=pin))
         self._check_writable()

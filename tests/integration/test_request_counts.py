@@ -1,7 +1,8 @@
 """Requests per file operation, counted inside a real FUSE server (tests.perf.instrumented).
 
 After `ls`, reading a small file must cost exactly one request, its GET: the lookup and the
-open's validation come from the listing, and the object is fetched whole by its first GET.
+open's validation come from the listing, and the object is fetched whole by its first GET
+(or by a guess started ahead of a reader going through the directory in order).
 Counting does not depend on load; the metadata TTL is long so that a slow machine cannot
 turn the listing stale halfway through.
 """
@@ -89,10 +90,28 @@ def test_cat_of_small_files_after_ls_costs_one_get_each(seaweed, s3, bucket, tmp
         after_cat = snapshot()
     spent = _delta(after_cat, after_ls)
     # The glob reads the directory once more (one LIST); every file is one GET and nothing
-    # else: no HEAD, no second ranged GET.
-    assert spent.pop("get_range_into") == FILES
+    # else: no HEAD, no second ranged GET, no guess past the last file. The first two files
+    # are fetched by their reads; the open of the second, which follows the first, starts
+    # the guesses of the next files' first bytes, and every later open tops them up.
+    assert spent.pop("get_range_into") == 2
+    assert spent.pop("get_first_into") == FILES - 2
     assert spent.pop("fuse_read") >= FILES
     assert spent == {"list_page": 1}
+
+
+def test_files_read_out_of_order_start_no_guesses(seaweed, s3, bucket, tmp_path):
+    """Opens that do not follow one another in the listing guess nothing ahead."""
+    for index in range(FILES):
+        s3.put_object(Bucket=bucket, Key=f"dir/f-{index:03d}", Body=_body(index))
+    with _counted_mount(seaweed, bucket, tmp_path) as (target, snapshot, start):
+        assert sorted(os.listdir(target / "dir")) == [f"f-{i:03d}" for i in range(FILES)]
+        after_ls = snapshot()
+        for index in reversed(range(FILES)):
+            assert (target / "dir" / f"f-{index:03d}").read_bytes() == _body(index)
+        spent = _delta(snapshot(), after_ls)
+    assert spent.pop("get_range_into") == FILES
+    assert spent.pop("fuse_read") >= FILES
+    assert spent == {}
 
 
 def test_first_read_in_a_directory_not_listed_yet_waits_for_one_round_trip(seaweed, s3, bucket,

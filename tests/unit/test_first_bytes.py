@@ -13,11 +13,13 @@ import trio.testing
 
 from driver.fs.buffers import BufferPool
 from driver.fs.errors import FsError
-from driver.fs.firstbytes import FirstBytes
+from driver.fs.firstbytes import AHEAD, FirstBytes
 from driver.fs.memory import MemoryBudget
+from driver.store.base import ObjectInfo
 
 SIZE = 128 * 1024
 OBJECTS = {"dir/a": (b"a" * 4096, '"etag-a"'), "dir/big": (bytes(range(256)) * 2048, '"etag-b"')}
+OBJECTS |= {f"seq/f-{i}": (bytes([i]) * 100, f'"etag-{i}"') for i in range(10)}
 
 
 def _get_first(key: str, out: memoryview) -> tuple[int, str | None]:
@@ -104,3 +106,52 @@ def test_guesses_start_only_within_their_number_and_the_budget():
         assert budget.used == budget.limit
 
     _with_first_bytes(test, most=2)
+
+
+def test_a_taken_guess_frees_its_buffer_for_the_next_at_once():
+    """Taking a guess ends its expiry: the pool hands its buffer out again right away, not
+    5 s later (a reader of 1,000 small files mapped a fresh buffer for each)."""
+    async def test(first: FirstBytes, budget: MemoryBudget, pool: BufferPool) -> None:
+        first.start("dir/a")
+        assert await first.take("dir/a", '"etag-a"', 4096) is not None
+        await trio.testing.wait_all_tasks_blocked()
+        pool.take(SIZE)
+        assert pool.reused == 1
+
+    _with_first_bytes(test)
+
+
+def _seq_listing() -> dict[str, object]:
+    listing: dict[str, object] = {f"f-{i}": ObjectInfo(f"seq/f-{i}", 100, f'"etag-{i}"')
+                                  for i in range(10)}
+    listing["sub"] = None  # a directory: never guessed
+    return listing
+
+
+def test_opens_in_listing_order_guess_the_next_files_and_stop_at_the_end():
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
+        listing = _seq_listing()
+        first.opened("seq/", listing, "f-0")
+        assert budget.used == 0  # one open is no order yet
+        first.opened("seq/", listing, "f-1")  # follows f-0
+        assert budget.used == AHEAD * SIZE  # f-2 .. f-5
+        for i in range(2, 10):
+            assert await first.take(f"seq/f-{i}", f'"etag-{i}"', 100) == bytes([i]) * 100
+            first.opened("seq/", listing, f"f-{i}")  # tops the window up, to f-9 at most
+        assert budget.used == 0  # nothing guessed past the last file
+
+    _with_first_bytes(test)
+
+
+def test_opens_out_of_order_or_of_a_new_listing_guess_nothing():
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
+        listing = _seq_listing()
+        for i in (9, 8, 7, 3, 5):
+            first.opened("seq/", listing, f"f-{i}")
+        assert budget.used == 0
+        first.opened("seq/", _seq_listing(), "f-4")  # listed again: f-3's open is forgotten
+        assert budget.used == 0
+        first.opened("seq/", listing, "sub")  # not a file of the listing
+        assert budget.used == 0
+
+    _with_first_bytes(test)
