@@ -29,6 +29,7 @@ from driver.store.base import ObjectStore
 log = structlog.get_logger()
 READ_AHEAD_KB = 16 * 1024
 METRICS_INTERVAL = 60.0  # seconds between --log-metrics lines
+REQUEST_TASKS = 16  # pyfuse3 tasks kept waiting for requests (the kernel sends 12+ at once)
 
 
 def fuse_options(options: MountOptions, fsname: str) -> set[str]:
@@ -160,7 +161,11 @@ def serve(store: ObjectStore, options: MountOptions, mountpoint: str, fsname: st
             nursery.start_soon(announce_ready, name="ready")
             if options.log_metrics:
                 nursery.start_soon(log_metrics, name="metrics")
-            await pyfuse3.main()
+            # pyfuse3 ends a request task when more than `min_tasks` wait for /dev/fuse
+            # and starts one when none does: at its default of 1, eight parallel readers
+            # made nearly every request start a task and end another (8 threads reading
+            # 1,000 small files: 1.43 -> 1.36 s, server CPU 1.19 -> 1.12 s with 16).
+            await pyfuse3.main(min_tasks=REQUEST_TASKS)
             await fs.shutdown()
             if options.log_metrics:
                 log.info("store requests", final=True, **metrics.store_request_counts())
