@@ -753,6 +753,19 @@ class Filesystem:
             self._invalidate_listing(parent.parent)
             parent = self.inodes.get(parent.parent)
 
+    def _mark_parents_maybe_gone(self, directory: Inode) -> None:
+        """An object beneath `directory` is gone: a directory that is only a prefix ends
+        with its last object, so it and such ancestors are asked of the store again on
+        their next lookup, whatever the metadata TTL (a mkdir'd one stays, and so do its
+        ancestors)."""
+        while directory.ino != ROOT_INODE and not directory.local:
+            directory.validated = -math.inf  # stale even under an infinite TTL
+            self._invalidate_listing(directory.parent)  # which names it among its own
+            parent = self.inodes.get(directory.parent)
+            if parent is None:
+                return
+            directory = parent
+
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is None:
@@ -809,6 +822,7 @@ class Filesystem:
         await self._store(self.store.delete, inode.key)
         self.inodes.remove_name(inode)
         self._invalidate_listing(parent.ino)
+        self._mark_parents_maybe_gone(parent)
 
     # ------------------------------------------------------------------ rename
 
@@ -840,6 +854,7 @@ class Filesystem:
             moved = True
         self._negative.pop((new_parent.ino, new_name), None)
         self._invalidate_listing(old_parent.ino)
+        self._mark_parents_maybe_gone(old_parent)
         if moved:
             self._mark_parents_remote(source)  # also drops the new parent's listing
         self._invalidate_listing(new_parent.ino)
