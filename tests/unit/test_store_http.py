@@ -173,3 +173,37 @@ def test_a_scheme_other_than_the_endpoints_is_refused_before_it_connects(serve):
     with pytest.raises(botocore.exceptions.EndpointConnectionError):
         connections().send("GET", server.url().replace("http:", "https:"), {})
     assert server.connections == 0
+
+
+def test_headers_are_split_as_urllib3_gives_them_to_botocore(serve):
+    reply = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Amz-Meta-Tag: a\r\n"
+             b"x-amz-meta-tag: b\r\nX-Folded: one\r\n two\r\nETag:\"e\"\r\n\r\nhello")
+    server = serve([reply, OK])
+    pool = connections()
+    response = pool.send("GET", server.url(), {})
+    assert response.content == b"hello"
+    assert response.headers["x-amz-meta-tag"] == "a, b"  # repeated: joined, as urllib3 does
+    assert response.headers["X-Folded"] == "one two"
+    assert response.headers["etag"] == '"e"'
+    assert pool.send("GET", server.url(), {}).content == b"hello"  # kept alive
+    assert server.connections == 1
+
+
+def test_chunked_bodies_and_the_ends_of_connections_follow_http(serve):
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
+    old = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"  # 1.0: closes after it
+    kept = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    server = serve([chunked, old], [kept, closing], [OK])
+    pool = connections()
+    for _ in range(5):
+        assert pool.send("GET", server.url(), {}).content == b"hello"
+    assert server.connections == 3
+
+
+def test_a_header_block_too_long_is_a_closed_connection_not_a_hang(serve):
+    reply = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    server = serve([reply])
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        connections().send("GET", server.url(), {})
