@@ -130,6 +130,7 @@ class DirHandle:
     held_files: list[ObjectInfo] = field(default_factory=list)  # may yet be shadowed
     emitted: set[str] = field(default_factory=set)
     ahead: PageAhead | None = None  # the next page, requested while this one is read
+    generation: int = 0  # the directory's listing_generation when this listing began
 
 
 @dataclass(eq=False)
@@ -335,15 +336,18 @@ class Filesystem:
         done = self._listing_inflight[parent.ino] = trio.Event()
         if guess is not None and self._first_bytes is not None:
             self._first_bytes.start(parent.key + guess)
+        generation = parent.listing_generation
         try:
             page = await self._list(parent.key, "/", None, LISTING_CACHE_MAX)
         finally:
             del self._listing_inflight[parent.ino]
             done.set()
         if page.next_token is not None:
-            parent.listing = None
+            parent.drop_listing()
             parent.too_big_to_cache_until = now + max(ttl, 60.0)
             return None
+        if parent.listing_generation != generation:
+            return None  # changed here while the LIST was out: it may not know of it
         return self._keep_listing(parent, page, now)
 
     @staticmethod
@@ -362,7 +366,7 @@ class Filesystem:
     def _invalidate_listing(self, ino: int) -> None:
         inode = self.inodes.get(ino)
         if inode is not None:
-            inode.listing = None
+            inode.drop_listing()
 
     async def getattr(self, ino: int) -> Attributes:
         inode = self._inode(ino)
@@ -441,6 +445,7 @@ class Filesystem:
         parent = handle.inode
         if not handle.started:
             handle.started = True
+            handle.generation = parent.listing_generation
         ahead, handle.ahead = handle.ahead, None
         if ahead is not None and ahead.token == handle.token:
             await ahead.done.wait()
@@ -452,6 +457,7 @@ class Filesystem:
             listed_at = time.monotonic()
             page = await self._list(parent.key, "/", handle.token)
             if handle.token is None and page.next_token is None and \
+                    parent.listing_generation == handle.generation and \
                     len(page.objects) + len(page.prefixes) <= LISTING_CACHE_MAX:
                 # The whole directory in one page: its listing, as a lookup would keep it
                 # (the open of a file read next finds its neighbours there).
@@ -475,7 +481,8 @@ class Filesystem:
                 # sort between "x" and "x/", so the file is not necessarily the last held.
                 handle.held_files = [f for f in handle.held_files if f.key != key[:-1]]
                 if valid_name(name):
-                    self._emit(handle, name, self.inodes.upsert(parent, name, is_dir=True))
+                    self._emit(handle, name, self._listed(
+                        handle, self.inodes.upsert(parent, name, is_dir=True)))
             elif valid_name(name):
                 handle.held_files.append(info)
         if handle.token is None:
@@ -506,7 +513,16 @@ class Filesystem:
             return
         inode = self.inodes.upsert(handle.inode, name, is_dir=False, size=info.size,
                                    etag=info.etag, mtime=_timestamp(info))
-        self._emit(handle, name, inode)
+        self._emit(handle, name, self._listed(handle, inode))
+
+    @staticmethod
+    def _listed(handle: DirHandle, inode: Inode) -> Inode:
+        """An inode upserted from `handle`'s pages. If the directory changed here since the
+        listing began, its pages may name what was deleted meanwhile: the next lookup asks
+        the store before it trusts the entry."""
+        if handle.inode.listing_generation != handle.generation:
+            inode.validated = -math.inf
+        return inode
 
     def _emit(self, handle: DirHandle, name: str, inode: Inode) -> None:
         if name in handle.emitted:
@@ -975,11 +991,11 @@ class Filesystem:
 
     def _forget_subtree(self, directory: Inode) -> None:
         """After a partial move, what the inodes say is stale: ask the store again."""
-        directory.validated = 0.0
-        directory.listing = None
+        directory.validated = -math.inf  # stale even under an infinite TTL
+        directory.drop_listing()
         for inode in self.inodes.descendants(directory):
-            inode.validated = 0.0
-            inode.listing = None
+            inode.validated = -math.inf
+            inode.drop_listing()
 
     async def refuse(self, operation: str, code: int = errno.ENOTSUP) -> None:
         """rename, symlink, link and the like: not possible on an object store."""

@@ -35,6 +35,13 @@ class Inode:
     listing: dict[str, object] | None = None
     listed_at: float = 0.0
     too_big_to_cache_until: float = 0.0
+    # Bumped whenever the listing is dropped: a LIST answered after a change here in the
+    # meantime may not know of it, so it is not kept.
+    listing_generation: int = 0
+
+    def drop_listing(self) -> None:
+        self.listing = None
+        self.listing_generation += 1
 
 
 class InodeTable:
@@ -104,14 +111,14 @@ class InodeTable:
         old_key = inode.key
         inode.parent, inode.name = new_parent.ino, new_name
         inode.key = new_parent.key + new_name + ("/" if inode.is_dir else "")
-        inode.listing = None
+        inode.drop_listing()
         self._by_child[(new_parent.ino, new_name)] = inode.ino
         if inode.is_dir:
             for other in self._by_ino.values():
                 if other is not inode and other.key.startswith(old_key) and \
                         other.ino != ROOT_INODE:
                     other.key = inode.key + other.key[len(old_key):]
-                    other.listing = None
+                    other.drop_listing()
 
     def descendants(self, inode: Inode) -> list[Inode]:
         """Every known inode beneath a directory (by key: keys under its prefix)."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from driver.fs.errors import FsError
 from driver.fs.filesystem import Filesystem
@@ -282,3 +285,55 @@ def test_rename_noreplace_and_exchange():
 
     run(store, MountOptions(allow_rename=True, allow_overwrite=True), body)
     assert store.objects == {"a": b"1", "b": b"2"}
+
+
+class _ListAnsweredLate(MemoryStore):
+    """A LIST of "d/" whose page is taken when it is asked and answered only once `late`
+    is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = threading.Event()
+        self.late.set()
+
+    def list_page(self, prefix: str, *args: Any, **kwargs: Any) -> Any:
+        page = super().list_page(prefix, *args, **kwargs)
+        if prefix == "d/":
+            assert self.late.wait(30), "the test never answered the LIST"
+        return page
+
+
+async def _list_directory(fs: Filesystem, ino: int) -> None:
+    fh = await fs.opendir(ino)
+    assert {name async for name, _, _ in fs.readdir(fh, 0)} == {"a", "b"}  # listed before
+    await fs.releasedir(fh)
+
+
+@pytest.mark.parametrize("lister", ["lookup", "readdir"])
+def test_a_listing_answered_after_a_delete_in_its_directory_is_not_kept(lister):
+    """A LIST out while a file of its directory is deleted still names the file; kept as
+    the directory's listing (by a lookup, or by a readdir that got the whole directory), it
+    would answer a lookup of the deleted name for its TTL."""
+    store = _ListAnsweredLate()
+    store.objects.update({"d/a": b"a", "d/b": b"b"})
+
+    async def body(fs: Filesystem) -> None:
+        directory = await ino_of(fs, "d")
+        store.late.clear()
+        try:
+            async with trio.open_nursery() as nursery:
+                if lister == "lookup":
+                    nursery.start_soon(fs.lookup, directory, "b")  # lists d/, answered late
+                else:
+                    nursery.start_soon(_list_directory, fs, directory)
+                await trio.testing.wait_all_tasks_blocked()
+                await fs.unlink(directory, "a")
+                store.late.set()
+        finally:
+            store.late.set()
+        with pytest.raises(FsError) as caught:
+            await fs.lookup(directory, "a")
+        assert caught.value.errno == errno.ENOENT
+
+    run(store, MountOptions(allow_delete=True, metadata_ttl=300), body)
+    assert store.objects == {"d/b": b"b"}
