@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
 from driver.fs.errors import FsError
 from driver.fs.filesystem import Filesystem
@@ -295,10 +294,12 @@ class _ListAnsweredLate(MemoryStore):
         super().__init__()
         self.late = threading.Event()
         self.late.set()
+        self.taken = threading.Event()  # set once a held page has been taken
 
     def list_page(self, prefix: str, *args: Any, **kwargs: Any) -> Any:
         page = super().list_page(prefix, *args, **kwargs)
-        if prefix == "d/":
+        if prefix == "d/" and not self.late.is_set():
+            self.taken.set()
             assert self.late.wait(30), "the test never answered the LIST"
         return page
 
@@ -326,7 +327,8 @@ def test_a_listing_answered_after_a_delete_in_its_directory_is_not_kept(lister):
                     nursery.start_soon(fs.lookup, directory, "b")  # lists d/, answered late
                 else:
                     nursery.start_soon(_list_directory, fs, directory)
-                await trio.testing.wait_all_tasks_blocked()
+                # The page is taken (it names d/a) before the delete, however slow the thread.
+                assert await trio.to_thread.run_sync(store.taken.wait, 30)
                 await fs.unlink(directory, "a")
                 store.late.set()
         finally:
