@@ -58,7 +58,7 @@ from driver.fs import threads
 from driver.fs.buffers import Buffer, BufferPool
 from driver.fs.cache import BlockCache, BlockWriter, CachedFetch, ObjectVersion, WriteBudget
 from driver.fs.errors import FsError, from_store
-from driver.fs.firstbytes import AHEAD, FirstBytes
+from driver.fs.firstbytes import FirstBytes
 from driver.fs.inodes import ROOT_INODE, Inode, InodeTable
 from driver.fs.prefetch import FIRST_PART, MemoryBudget, Prefetcher
 from driver.fs.upload import Upload
@@ -346,13 +346,17 @@ class Filesystem:
             parent.drop_listing()
             parent.too_big_to_cache_until = now + max(ttl, 60.0)
             return None
-        if parent.listing_generation != generation:
-            return None  # changed here while the LIST was out: it may not know of it
-        return self._keep_listing(parent, page, now)
+        return self._keep_listing(parent, page, now, generation)
 
     @staticmethod
-    def _keep_listing(parent: Inode, page: ListPage, listed_at: float) -> dict[str, object]:
-        """Keep a directory's one and only LIST page as its listing (`_cached_listing`)."""
+    def _keep_listing(parent: Inode, page: ListPage, listed_at: float, generation: int
+                      ) -> dict[str, object] | None:
+        """Keep a directory's one and only LIST page as its listing (`_cached_listing`),
+        unless the listing was dropped since `generation` (the directory's
+        `listing_generation` when the LIST was sent): then the page may not know of a
+        change made here meanwhile, and nothing is kept."""
+        if parent.listing_generation != generation:
+            return None
         listing: dict[str, object] = {}
         for info in page.objects:
             if valid_name(file_name := info.key[len(parent.key):]):
@@ -457,11 +461,10 @@ class Filesystem:
             listed_at = time.monotonic()
             page = await self._list(parent.key, "/", handle.token)
             if handle.token is None and page.next_token is None and \
-                    parent.listing_generation == handle.generation and \
                     len(page.objects) + len(page.prefixes) <= LISTING_CACHE_MAX:
                 # The whole directory in one page: its listing, as a lookup would keep it
                 # (the open of a file read next finds its neighbours there).
-                self._keep_listing(parent, page, listed_at)
+                self._keep_listing(parent, page, listed_at, handle.generation)
         handle.token = page.next_token
         if handle.token is not None and self._nursery is not None:
             # Request the next page now: the kernel takes this one in many small readdirs.
@@ -598,13 +601,11 @@ class Filesystem:
                 inode.size, inode.etag, inode.mtime = info.size, info.etag, _timestamp(info)
                 inode.validated = time.monotonic()
             pin = ReadPin(inode.key, inode.etag)
-            # Guess the next files' first bytes for a reader going through the directory
-            # in order, unless readers keep that many files open themselves (8 threads
-            # reading small files ran 4% slower with the guesses: no round trip was saved).
-            if self._first_bytes is not None and self._readers < AHEAD:
+            if self._first_bytes is not None:  # a reader going through the directory?
                 parent = self.inodes.get(inode.parent)
                 if parent is not None and parent.listing is not None:
-                    self._first_bytes.opened(parent.key, parent.listing, inode.name)
+                    self._first_bytes.opened(parent.key, parent.listing, inode.name,
+                                             self._readers)
             return self._new_handle(FileHandle(inode, prefetcher=self._prefetcher(inode, pin),
                                                pin=pin))
         self._check_writable()

@@ -13,7 +13,10 @@ loader reading shards one after another) waits for one round trip per file. When
 opened for reading is the one after a file of the same listing opened lately, the next
 `AHEAD` files' first bytes are guessed too (`FirstBytes.opened`): their names, sizes and
 ETags are the listing's, so those GETs are not blind, and each later open only tops the
-window up. A reader that jumps around starts none.
+window up. A reader that jumps around starts none, and neither do `AHEAD` or more files open
+for reading at once: such readers keep that many requests in flight themselves, and the
+guesses only added work (8 threads reading 1,000 small files ran 4% slower with them,
+same-run A/B, 5 interleaved rounds).
 
 Bytes nobody takes within `keep_for` seconds are given back, and at most `most` guesses are
 held at once; each is charged to the mount's memory budget while it is held, and only
@@ -111,9 +114,13 @@ class FirstBytes:
         self._spawn(self._fetch, guess)
         return True
 
-    def opened(self, directory: str, listing: Mapping[str, object], name: str) -> None:
+    def opened(self, directory: str, listing: Mapping[str, object], name: str,
+               readers: int) -> None:
         """`name` of `listing`, the listing of the prefix `directory`, was opened for
-        reading: if it follows a file of that listing opened lately, guess the next ones."""
+        reading while `readers` other files were open for reading: if it follows a file of
+        that listing opened lately, guess the next ones."""
+        if readers >= AHEAD:
+            return
         order = self._orders.get(directory)
         if order is None or order.listing is not listing:  # new, or listed again since
             order = self._orders[directory] = _ReadOrder(listing)

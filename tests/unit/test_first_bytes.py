@@ -131,14 +131,28 @@ def _seq_listing() -> dict[str, object]:
 def test_opens_in_listing_order_guess_the_next_files_and_stop_at_the_end():
     async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
         listing = _seq_listing()
-        first.opened("seq/", listing, "f-0")
+        first.opened("seq/", listing, "f-0", 0)
         assert budget.used == 0  # one open is no order yet
-        first.opened("seq/", listing, "f-1")  # follows f-0
+        first.opened("seq/", listing, "f-1", 0)  # follows f-0
         assert budget.used == AHEAD * SIZE  # f-2 .. f-5
         for i in range(2, 10):
             assert await first.take(f"seq/f-{i}", f'"etag-{i}"', 100) == bytes([i]) * 100
-            first.opened("seq/", listing, f"f-{i}")  # tops the window up, to f-9 at most
+            first.opened("seq/", listing, f"f-{i}", 0)  # tops the window up, to f-9 at most
         assert budget.used == 0  # nothing guessed past the last file
+
+    _with_first_bytes(test)
+
+
+def test_readers_that_keep_ahead_files_open_themselves_get_no_guesses():
+    async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
+        listing = _seq_listing()
+        first.opened("seq/", listing, "f-0", AHEAD - 1)
+        first.opened("seq/", listing, "f-1", AHEAD)  # follows f-0, but AHEAD others are open
+        assert budget.used == 0  # (and such an open is not even noted)
+        first.opened("seq/", listing, "f-2", AHEAD - 1)
+        assert budget.used == 0
+        first.opened("seq/", listing, "f-3", AHEAD - 1)  # follows f-2, and fewer are open
+        assert budget.used == AHEAD * SIZE
 
     _with_first_bytes(test)
 
@@ -147,11 +161,11 @@ def test_opens_out_of_order_or_of_a_new_listing_guess_nothing():
     async def test(first: FirstBytes, budget: MemoryBudget, _: BufferPool) -> None:
         listing = _seq_listing()
         for i in (9, 8, 7, 3, 5):
-            first.opened("seq/", listing, f"f-{i}")
+            first.opened("seq/", listing, f"f-{i}", 0)
         assert budget.used == 0
-        first.opened("seq/", _seq_listing(), "f-4")  # listed again: f-3's open is forgotten
+        first.opened("seq/", _seq_listing(), "f-4", 0)  # listed again: f-3's open is forgotten
         assert budget.used == 0
-        first.opened("seq/", listing, "sub")  # not a file of the listing
+        first.opened("seq/", listing, "sub", 0)  # not a file of the listing
         assert budget.used == 0
 
     _with_first_bytes(test)
