@@ -45,7 +45,7 @@ import mimetypes
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -72,6 +72,24 @@ MiB = 1024 * 1024
 # A directory that fits in one LIST page is listed once per metadata TTL and its entries
 # are looked up from that listing (rclone's directory cache, bounded to small directories).
 LISTING_CACHE_MAX = 1000
+# A lookup in a bigger directory lists a window of it from the name on, at least this many.
+WINDOW_MIN = 16
+
+
+@dataclass(eq=False)
+class _WindowInFlight:
+    """A window LIST of a directory read in order (`_list_window`), from the key `start`."""
+    start: str
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def _just_before(key: str) -> str:
+    """A string that sorts just before `key` (in code points, as in UTF-8 bytes): a LIST
+    after it starts at `key`, after only the rare keys that are this string and more."""
+    last = ord(key[-1])
+    if last <= 1 or last == 0xE000:  # below would be NUL or a surrogate
+        return key[:-1]
+    return key[:-1] + chr(last - 1)
 
 
 def valid_name(name: str) -> bool:
@@ -169,6 +187,7 @@ class Filesystem:
             checksum=None if options.upload_checksums == "off" else options.upload_checksums)
         self._uploads: set[Upload] = set()
         self._listing_inflight: dict[int, trio.Event] = {}
+        self._windows_inflight: dict[int, _WindowInFlight] = {}
         self.cache: BlockCache | None = None
         if options.cache:
             max_size = None if options.max_cache_size is None else options.max_cache_size * MiB
@@ -207,9 +226,9 @@ class Filesystem:
         return await self._store(self.store.head, key, limiter=self._meta_limiter)
 
     async def _list(self, prefix: str, delimiter: str | None, token: str | None,
-                    max_keys: int = 1000) -> ListPage:
+                    max_keys: int = 1000, start_after: str | None = None) -> ListPage:
         return await self._store(self.store.list_page, prefix, delimiter, token, max_keys,
-                                 limiter=self._meta_limiter)
+                                 start_after, limiter=self._meta_limiter)
 
     def _inode(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
@@ -260,15 +279,17 @@ class Filesystem:
             if negative_until is not None and time.monotonic() < negative_until:
                 raise FsError(errno.ENOENT)
             listing = await self._cached_listing(parent, guess=name)
-            # Only positive answers come from the listing: a name it lacks may have been
+            # Only positive answers come from a kept listing: a name it lacks may have been
             # created since, so that one is asked of the store.
             if listing is not None and name in listing:
-                info = listing[name]
-                if info is None:
-                    return self.inodes.upsert(parent, name, is_dir=True)
-                assert isinstance(info, ObjectInfo)
-                return self.inodes.upsert(parent, name, is_dir=False, size=info.size,
-                                          etag=info.etag, mtime=_timestamp(info))
+                parent.listing_hits += 1
+                return self._from_listing(parent, name, listing[name])
+            if parent.too_big_to_cache_until > time.monotonic():
+                window, settled = await self._list_window(parent, name)
+                if name in window:
+                    return self._from_listing(parent, name, window[name])
+                if settled:
+                    return self._not_found(parent, name, cached)
         key = parent.key + name
         head: ObjectInfo | None = None
         beneath: ListPage | None = None  # the first key under "name/", if any
@@ -293,6 +314,62 @@ class Filesystem:
             return self.inodes.upsert(parent, name, is_dir=False, size=head.size,
                                       etag=head.etag, mtime=_timestamp(head))
         return self._not_found(parent, name, cached)
+
+    def _from_listing(self, parent: Inode, name: str, info: object) -> Inode:
+        if info is None:
+            return self.inodes.upsert(parent, name, is_dir=True)
+        assert isinstance(info, ObjectInfo)
+        return self.inodes.upsert(parent, name, is_dir=False, size=info.size,
+                                  etag=info.etag, mtime=_timestamp(info))
+
+    async def _list_window(self, parent: Inode, name: str) -> tuple[Mapping[str, object], bool]:
+        """A lookup in a directory too big to list whole: one LIST of its entries from
+        `name` on, rather than a HEAD of the file and a LIST of "name/". The page is kept
+        as the directory's listing, so the neighbours looked up next (a reader going through
+        the directory in order) need no request of their own; it holds twice as many names
+        as the last window answered, WINDOW_MIN to LISTING_CACHE_MAX, so random lookups
+        list little. Returns the window and whether it settles `name`: it does when it
+        reaches past "name/", and a name it lacks is then missing from the store."""
+        key = parent.key + name
+        ttl = min(self.options.metadata_ttl, MINIMAL_TTL)
+        ahead = self._windows_inflight.get(parent.ino)
+        if ahead is not None and ahead.start <= key:  # a reader in order: share its LIST
+            await ahead.done.wait()
+            listing = parent.listing
+            if listing is not None and name in listing and \
+                    time.monotonic() - parent.listed_at < ttl:
+                parent.listing_hits += 1
+                return listing, True
+        size = min(LISTING_CACHE_MAX, max(WINDOW_MIN, 2 * parent.listing_hits))
+        if size > WINDOW_MIN and ahead is None:
+            ahead = self._windows_inflight[parent.ino] = _WindowInFlight(key)
+        else:
+            ahead = None
+        generation, listed_at = parent.listing_generation, time.monotonic()
+        try:
+            page = await self._list(parent.key, "/", None, size, _just_before(key))
+        finally:
+            if ahead is not None:
+                del self._windows_inflight[parent.ino]
+                ahead.done.set()
+        window = self._keep_window(parent, page, listed_at, generation)
+        if window is None:  # the directory changed here meanwhile: ask HEAD and LIST
+            return {}, False
+        last = max(page.objects[-1].key if page.objects else "",
+                   page.prefixes[-1] if page.prefixes else "")
+        return window, page.next_token is None or last >= key + "/"
+
+    def _keep_window(self, parent: Inode, page: ListPage, listed_at: float, generation: int
+                     ) -> dict[str, object] | None:
+        """Keep one page of a directory too big to list whole as its listing, which then
+        answers for the names in it (as `_keep_listing`). A file at the page's end is left
+        out: a directory of its name, which would shadow it, may sort after the page."""
+        if page.next_token is not None:
+            last = max(page.objects[-1].key if page.objects else "",
+                       page.prefixes[-1] if page.prefixes else "")
+            page = ListPage([info for info in page.objects if info.key + "/" <= last],
+                            page.prefixes, None)
+        return self._keep_listing(parent, page, listed_at, generation)
 
     def _not_found(self, parent: Inode, name: str, cached: Inode | None) -> Inode:
         if cached is not None and cached.local:
@@ -342,10 +419,9 @@ class Filesystem:
         finally:
             del self._listing_inflight[parent.ino]
             done.set()
-        if page.next_token is not None:
-            parent.drop_listing()
+        if page.next_token is not None:  # too big: its first page becomes its window
             parent.too_big_to_cache_until = now + max(ttl, 60.0)
-            return None
+            return self._keep_window(parent, page, now, generation)
         return self._keep_listing(parent, page, now, generation)
 
     @staticmethod
@@ -364,7 +440,7 @@ class Filesystem:
         for prefix in page.prefixes:
             if valid_name(dir_name := prefix[len(parent.key):-1]):
                 listing[dir_name] = None  # the directory shadows a file of the same name
-        parent.listing, parent.listed_at = listing, listed_at
+        parent.listing, parent.listed_at, parent.listing_hits = listing, listed_at, 0
         return listing
 
     def _invalidate_listing(self, ino: int) -> None:

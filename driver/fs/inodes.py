@@ -31,9 +31,11 @@ class Inode:
     unlinked: bool = False
     writer: object | None = None  # the Upload writing this file, if any
     # A directory's whole listing (name -> object, or None for a subdirectory), kept for
-    # the metadata TTL so lookups of its entries need no request of their own.
+    # the metadata TTL so lookups of its entries need no request of their own; for a
+    # directory too big to list whole, the window of it listed last.
     listing: dict[str, object] | None = None
     listed_at: float = 0.0
+    listing_hits: int = 0  # lookups the listing answered since it was kept
     too_big_to_cache_until: float = 0.0
     # Bumped whenever the listing is dropped: a LIST answered after a change here in the
     # meantime may not know of it, so it is not kept.

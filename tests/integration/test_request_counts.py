@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,27 @@ def test_first_read_in_a_directory_not_listed_yet_waits_for_one_round_trip(seawe
     assert spent.pop("get_first_into") == 1
     assert spent.pop("get_range_into") >= 1  # the rest, behind the guessed first part
     assert spent == {"list_page": 1}
+
+
+def test_stat_in_order_in_a_directory_too_big_to_list_whole_needs_no_head(seaweed, s3, bucket,
+                                                                        tmp_path):
+    """Lookups in a directory of more than one LIST page are answered from windows of it
+    (driver/fs/filesystem.py, _list_window): about one LIST per page of names, no HEAD, and
+    a missing name is settled by one small LIST."""
+    count = 1200
+    sizes = {f"f-{index:04d}": index % 13 for index in range(count)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: s3.put_object(Bucket=bucket, Key=f"big/{name}",
+                                                 Body=b"x" * sizes[name]), sizes))
+    with _counted_mount(seaweed, bucket, tmp_path) as (target, snapshot, start):
+        for name, size in sizes.items():  # by name, as a program that knows its files
+            assert (target / "big" / name).stat().st_size == size
+        after_stats = snapshot()
+        assert not (target / "big" / "f-0500x").exists()
+        spent = _delta(snapshot(), after_stats)
+    assert spent == {"list_page": 1}
+    spent = _delta(after_stats, start)
+    # The first page and one window past it; a window that outlives its TTL (1 s) on a
+    # slow machine costs one LIST more.
+    assert 2 <= spent.pop("list_page") <= 10
+    assert spent == {}

@@ -188,6 +188,24 @@ def test_start_after(store: ObjectStore) -> None:
     assert [info.key for info in page.objects] == ["s/c", "s/d"]
 
 
+def test_start_after_with_the_delimiter(store: ObjectStore) -> None:
+    """A window of a big directory (Filesystem._list_window): the page starts after the
+    given key, groups at the delimiter, and a truncated page holds the first entries in
+    key order. (SeaweedFS leaves out a directory named exactly `start_after`, and
+    fake-gcs-server counts only files against max_keys; the window needs neither.)"""
+    _put(store, "w/a", "w/b/1", "w/b/2", "w/c", "w/d/9", "w/e", "w/f")
+    page = store.list_page("w/", "/", None, 10, start_after="w/a")
+    assert [info.key for info in page.objects] == ["w/c", "w/e", "w/f"]
+    assert list(page.prefixes) == ["w/b/", "w/d/"]
+    assert page.next_token is None
+    in_order = ["w/b/", "w/c", "w/d/", "w/e", "w/f"]
+    page = store.list_page("w/", "/", None, 2, start_after="w/a")
+    listed = sorted([info.key for info in page.objects] + list(page.prefixes))
+    assert 2 <= len(listed) < len(in_order)
+    assert listed == in_order[:len(listed)]
+    assert page.next_token is not None
+
+
 # -- multipart uploads --------------------------------------------------------------------
 
 
