@@ -92,6 +92,12 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(last - 1)
 
 
+def _last_entry(page: ListPage) -> str:
+    """The greatest key or common prefix on a LIST page, "" for an empty one."""
+    return max(page.objects[-1].key if page.objects else "",
+               page.prefixes[-1] if page.prefixes else "")
+
+
 def valid_name(name: str) -> bool:
     return (name not in ("", ".", "..") and "\0" not in name and "/" not in name
             and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
@@ -355,9 +361,7 @@ class Filesystem:
         window = self._keep_window(parent, page, listed_at, generation)
         if window is None:  # the directory changed here meanwhile: ask HEAD and LIST
             return {}, False
-        last = max(page.objects[-1].key if page.objects else "",
-                   page.prefixes[-1] if page.prefixes else "")
-        return window, page.next_token is None or last >= key + "/"
+        return window, page.next_token is None or _last_entry(page) >= key + "/"
 
     def _keep_window(self, parent: Inode, page: ListPage, listed_at: float, generation: int
                      ) -> dict[str, object] | None:
@@ -365,8 +369,7 @@ class Filesystem:
         answers for the names in it (as `_keep_listing`). A file at the page's end is left
         out: a directory of its name, which would shadow it, may sort after the page."""
         if page.next_token is not None:
-            last = max(page.objects[-1].key if page.objects else "",
-                       page.prefixes[-1] if page.prefixes else "")
+            last = _last_entry(page)
             page = ListPage([info for info in page.objects if info.key + "/" <= last],
                             page.prefixes, None)
         return self._keep_listing(parent, page, listed_at, generation)
